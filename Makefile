@@ -1,0 +1,42 @@
+# pgops developer entry points. `make test` is the full suite CI runs; `make test-fast` is the inner loop.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV ?= .venv
+BIN := $(VENV)/bin
+export CONTAINERS_CONF := $(CURDIR)/molecule/containers.conf
+
+.PHONY: setup lint test test-fast test-integration test-molecule demo bench wheel lock clean
+
+setup:
+	./scripts/bootstrap.sh
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/yamllint -s .
+	@if [ -d roles ]; then $(BIN)/ansible-lint --profile production; fi
+
+## The full suite: lint, unit and integration tests against real PostgreSQL, S3 and GCS APIs, then Molecule.
+test: setup lint
+	$(BIN)/pytest tests
+	@if [ -x scripts/molecule-all.sh ]; then ./scripts/molecule-all.sh; fi
+
+## Inner loop: no lint, no Molecule, no slow tests.
+test-fast: setup
+	$(BIN)/pytest -x -q -m "not slow" tests
+
+demo: setup
+	./scripts/demo.sh
+
+bench: setup
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+wheel: setup
+	rm -rf dist && $(BIN)/pip wheel --no-deps -w dist .
+
+lock:
+	$(BIN)/pip freeze --exclude-editable | grep -v '^pgops' > requirements/dev.txt.new && mv requirements/dev.txt.new requirements/dev.txt
+
+clean:
+	rm -rf $(VENV) dist build .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,374 @@
+"""Settings: one frozen object built from the env file, then the environment, then flags.
+
+Later sources override earlier ones: flags > environment (PGOPS_*) > env file (default
+/etc/pgops/pgops.env). Every key is declared once, in SPECS, with its parser, default and help text;
+docs/configuration.md is checked against SPECS by a test. Unknown PGOPS_* keys are errors, so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pgops.errors import ConfigError
+
+DEFAULT_ENV_FILE = "/etc/pgops/pgops.env"
+PREFIX = "PGOPS_"
+
+
+class Secret:
+    """A string that never shows itself in repr, str, logs or error text."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+# ---- parsers: each takes the raw string and the key, and raises ConfigError naming both -------------
+
+Parser = Callable[[str, str], Any]
+
+
+def _str(raw: str, key: str) -> str:
+    return raw.strip()
+
+
+def _secret(raw: str, key: str) -> Secret:
+    return Secret(raw)
+
+
+def _bool(raw: str, key: str) -> bool:
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}={raw!r} is not a boolean; valid values: true, false (also 1/0, yes/no, on/off)")
+
+
+def _int_range(lo: int, hi: int | None = None) -> Parser:
+    def parse(raw: str, key: str) -> int:
+        try:
+            v = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r} is not an integer; valid values: {_range_text(lo, hi)}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise ConfigError(f"{key}={v} is out of range; valid values: {_range_text(lo, hi)}")
+        return v
+
+    return parse
+
+
+def _range_text(lo: int, hi: int | None) -> str:
+    return f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_MULT = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _size(lo: int, hi: int) -> Parser:
+    def parse(raw: str, key: str) -> int:
+        m = _SIZE_RE.match(raw)
+        if not m:
+            raise ConfigError(f"{key}={raw!r} is not a size; valid values: a byte count like 16MiB, 64M or 8388608")
+        v = int(m.group(1)) * _SIZE_MULT[(m.group(2) or "")[:1].lower()]
+        if not lo <= v <= hi:
+            raise ConfigError(f"{key}={raw!r} is out of range; valid values: {lo} to {hi} bytes")
+        return v
+
+    return parse
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(raw: str, key: str) -> str:
+        v = raw.strip().lower()
+        if v not in choices:
+            raise ConfigError(f"{key}={raw!r} is not valid; valid values: {', '.join(choices)}")
+        return v
+
+    return parse
+
+
+def _list(raw: str, key: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _storage_url(raw: str, key: str) -> str:
+    v = raw.strip()
+    scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+    if scheme not in ("s3", "gs", "file"):
+        raise ConfigError(
+            f"{key}={v!r} is not a storage URL; valid forms: s3://bucket/prefix, gs://bucket/prefix, "
+            "file:///absolute/path"
+        )
+    rest = v.split("://", 1)[1]
+    if scheme == "file":
+        if not rest.startswith("/"):
+            raise ConfigError(f"{key}={v!r}: a file URL needs an absolute path, like file:///var/backups/pgops")
+    elif not rest.split("/", 1)[0]:
+        raise ConfigError(f"{key}={v!r}: the URL names no bucket; valid form: {scheme}://bucket/prefix")
+    if "@" in rest.split("/", 1)[0]:
+        raise ConfigError(f"{key}: credentials do not belong in the URL; use the credential settings instead")
+    return v
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def _name(raw: str, key: str) -> str:
+    v = raw.strip()
+    if not _NAME_RE.match(v):
+        raise ConfigError(
+            f"{key}={raw!r} is not a valid name; valid values: 1-63 characters of letters, digits, '.', '_', '-'"
+        )
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    key: str  # without the PGOPS_ prefix, lower case is the attribute name
+    parse: Parser
+    default: str | None  # raw default, parsed like any other value; None = unset
+    help: str
+    example: str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return PREFIX + self.key
+
+    @property
+    def attr(self) -> str:
+        return self.key.lower()
+
+
+def _default_target() -> str:
+    host = socket.gethostname().split(".")[0] or "localhost"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", host)[:63]
+
+
+SPECS: tuple[Spec, ...] = (
+    # --- where backups go -----------------------------------------------------------------------
+    Spec("STORAGE_URL", _storage_url, None, "Where backups are stored.", "s3://acme-db-backups/prod"),
+    Spec("TARGET", _name, "", "Name of the server being backed up; the first level of keys under the "
+         "storage prefix, and the lock name. Default: the short host name.", "pg-prod-1"),
+    # --- what to back up ------------------------------------------------------------------------
+    Spec("DATABASES", _list, "all", "Databases to back up: 'all' (every connectable non-template "
+         "database) or a comma-separated list.", "app,billing"),
+    Spec("EXCLUDE_DATABASES", _list, "", "Databases to skip when DATABASES=all.", "scratch,tmp_import"),
+    Spec("GLOBALS", _bool, "true", "Also store pg_dumpall --globals-only (roles, tablespaces) once per run.",
+         "true"),
+    # --- how to connect -------------------------------------------------------------------------
+    Spec("PG_CONNINFO", _str, "", "libpq connection string for the server (no password here). Empty: the "
+         "standard PG* variables, else the local socket as user postgres.", "host=/var/run/postgresql port=5432"),
+    Spec("PG_PASSWORD", _secret, "", "Password, passed to libpq and children through the environment only; "
+         "~/.pgpass works too.", "(from Vault)", secret=True),
+    Spec("PG_BINDIR", _str, "", "Directory holding pg_dump, pg_dumpall and pg_restore. Empty: the "
+         "/usr/lib/postgresql/<major>/bin that matches the server, else the newest installed.",
+         "/usr/lib/postgresql/17/bin"),
+    # --- compression ----------------------------------------------------------------------------
+    Spec("COMPRESSION", _choice("zstd", "gzip", "none"), "zstd", "Compression of the stored dump.", "zstd"),
+    Spec("COMPRESSION_LEVEL", _int_range(0, 22), "", "Level: zstd 1-19 (default 3), gzip 1-9 (default 6).",
+         "3"),
+    Spec("COMPRESSION_THREADS", _int_range(0, 256), "0", "zstd worker threads; 0 = one per CPU.", "2"),
+    # --- S3 -------------------------------------------------------------------------------------
+    Spec("S3_ENDPOINT_URL", _str, "", "Custom endpoint for S3-compatible stores. Without a scheme, https:// "
+         "is assumed.", "https://minio.internal:9000"),
+    Spec("S3_REGION", _str, "", "Region. Empty: the SDK default chain, else us-east-1.", "eu-central-1"),
+    Spec("S3_ACCESS_KEY_ID", _str, "", "Access key id. Empty: the SDK default chain (instance profile, "
+         "AWS_* variables, ~/.aws).", "AKIA..."),
+    Spec("S3_SECRET_ACCESS_KEY", _secret, "", "Secret access key.", "(from Vault)", secret=True),
+    Spec("S3_SESSION_TOKEN", _secret, "", "Session token for temporary credentials.", "(from Vault)",
+         secret=True),
+    Spec("S3_VERIFY_TLS", _bool, "true", "Check the endpoint's TLS certificate.", "true"),
+    Spec("S3_CA_BUNDLE", _str, "", "CA bundle file for a private endpoint's certificate.",
+         "/etc/ssl/certs/internal-ca.pem"),
+    Spec("S3_ADDRESSING_STYLE", _choice("auto", "path", "virtual"), "auto", "Bucket addressing.", "path"),
+    Spec("S3_STORAGE_CLASS", _str, "", "Storage class of new objects. Empty: the bucket default.",
+         "STANDARD_IA"),
+    Spec("S3_SSE", _choice("none", "aes256", "aws:kms"), "none", "Server-side encryption.", "aws:kms"),
+    Spec("S3_SSE_KMS_KEY_ID", _str, "", "KMS key for S3_SSE=aws:kms. Empty: the AWS-managed key.",
+         "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-..."),
+    Spec("S3_PART_SIZE", _size(5 * 1024**2, 5 * 1024**3), "16MiB", "First multipart part size. It doubles "
+         "every 1000 parts, so an unknown-size stream never reaches the 10,000-part limit.", "16MiB"),
+    Spec("S3_MAX_ATTEMPTS", _int_range(1, 20), "5", "Attempts per request/part, with exponential backoff.",
+         "5"),
+    Spec("S3_REQUEST_CHECKSUM", _choice("when_required", "when_supported"), "when_required",
+         "boto3 request_checksum_calculation; when_required keeps S3-compatible stores working.",
+         "when_required"),
+    Spec("S3_CONDITIONAL_WRITES", _bool, "true", "Send If-None-Match: * so the store itself refuses "
+         "overwrites. Turn off only for stores that reject the header (a HEAD check still runs).", "true"),
+    # --- running --------------------------------------------------------------------------------
+    Spec("LOCK_DIR", _str, "/run/lock", "Directory for the per-target lock file.", "/run/lock"),
+    Spec("SPOOL_DIR", _str, "", "Directory for the seekable local copy that restore --jobs N needs.",
+         "/var/tmp/pgops"),
+    Spec("LOG_FORMAT", _choice("logfmt", "json"), "logfmt", "Log line format on stderr.", "json"),
+    Spec("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level.", "info"),
+)
+
+SPEC_BY_KEY = {s.key: s for s in SPECS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    storage_url: str | None
+    target: str
+    databases: tuple[str, ...]
+    exclude_databases: tuple[str, ...]
+    globals: bool
+    pg_conninfo: str
+    pg_password: Secret
+    pg_bindir: str
+    compression: str
+    compression_level: int | None
+    compression_threads: int
+    s3_endpoint_url: str
+    s3_region: str
+    s3_access_key_id: str
+    s3_secret_access_key: Secret
+    s3_session_token: Secret
+    s3_verify_tls: bool
+    s3_ca_bundle: str
+    s3_addressing_style: str
+    s3_storage_class: str
+    s3_sse: str
+    s3_sse_kms_key_id: str
+    s3_part_size: int
+    s3_max_attempts: int
+    s3_request_checksum: str
+    s3_conditional_writes: bool
+    lock_dir: str
+    spool_dir: str
+    log_format: str
+    log_level: str
+
+    def require_storage(self) -> str:
+        if not self.storage_url:
+            raise ConfigError(
+                "PGOPS_STORAGE_URL is not set; valid forms: s3://bucket/prefix, gs://bucket/prefix, "
+                "file:///absolute/path (env file, environment, or --storage-url)"
+            )
+        return self.storage_url
+
+    @property
+    def effective_compression_level(self) -> int:
+        if self.compression_level is not None:
+            return self.compression_level
+        return {"zstd": 3, "gzip": 6, "none": 0}[self.compression]
+
+    def redacted(self) -> dict[str, Any]:
+        """A dict safe to log: secrets appear only as whether they are set."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = ("set" if v else "unset") if isinstance(v, Secret) else v
+        return out
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, [s.env for s in SPECS], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def load_env_file(path: str | os.PathLike[str] | None, *, required: bool) -> dict[str, str]:
+    """Read a dotenv file. A missing default file is fine; a missing explicit one is an error."""
+    from dotenv import dotenv_values
+
+    p = Path(path or DEFAULT_ENV_FILE)
+    if not p.exists():
+        if required:
+            raise ConfigError(f"env file {p} does not exist (--env-file / PGOPS_ENV_FILE)")
+        return {}
+    try:
+        values = dotenv_values(p, interpolate=False)
+    except OSError as e:
+        raise ConfigError(f"env file {p} cannot be read: {e.strerror}") from None
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def build_settings(
+    env_file: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge the three sources (later wins), reject unknown PGOPS_* keys, parse and validate every value."""
+    merged: dict[str, tuple[str, str]] = {}  # key -> (raw value, where it came from)
+    for origin, source in (("env file", env_file or {}), ("environment", environ or {}), ("flag", flags or {})):
+        for name, raw in source.items():
+            if not name.startswith(PREFIX) or name == "PGOPS_ENV_FILE":
+                if origin == "env file" and name != "PGOPS_ENV_FILE":
+                    raise ConfigError(f"{name} in the env file is not a pgops setting; keys start with {PREFIX}")
+                continue
+            key = name[len(PREFIX) :]
+            if key not in SPEC_BY_KEY:
+                raise ConfigError(f"unknown setting {name} (from {origin}){_suggest(name)}")
+            merged[key] = (raw, origin)
+
+    values: dict[str, Any] = {}
+    for spec in SPECS:
+        raw = merged[spec.key][0] if spec.key in merged else spec.default
+        if raw is None:
+            values[spec.attr] = None
+        elif raw.strip() == "" and spec.key == "COMPRESSION_LEVEL":
+            values[spec.attr] = None
+        elif raw.strip() == "" and spec.key == "TARGET":
+            values[spec.attr] = _default_target()
+        else:
+            values[spec.attr] = spec.parse(raw, spec.env)
+    settings = Settings(**values)
+    _cross_check(settings)
+    return settings
+
+
+def _cross_check(s: Settings) -> None:
+    lvl = s.compression_level
+    if lvl is not None:
+        valid = {"zstd": (1, 19), "gzip": (1, 9), "none": (0, 0)}[s.compression]
+        if not valid[0] <= lvl <= valid[1]:
+            raise ConfigError(
+                f"PGOPS_COMPRESSION_LEVEL={lvl} is not valid for PGOPS_COMPRESSION={s.compression}; "
+                f"valid values: {valid[0]} to {valid[1]}"
+            )
+    if s.s3_sse_kms_key_id and s.s3_sse != "aws:kms":
+        raise ConfigError("PGOPS_S3_SSE_KMS_KEY_ID is set but PGOPS_S3_SSE is not aws:kms; set PGOPS_S3_SSE=aws:kms")
+    if s.s3_secret_access_key and not s.s3_access_key_id:
+        raise ConfigError("PGOPS_S3_SECRET_ACCESS_KEY is set without PGOPS_S3_ACCESS_KEY_ID; set both or neither")
+    if "password" in s.pg_conninfo.lower():
+        raise ConfigError("PGOPS_PG_CONNINFO must not contain a password; use PGOPS_PG_PASSWORD or ~/.pgpass")
+    overlap = set(s.databases) & set(s.exclude_databases)
+    if overlap:
+        raise ConfigError(f"PGOPS_EXCLUDE_DATABASES and PGOPS_DATABASES both name {sorted(overlap)}")
+
+
+def load_settings(flags: Mapping[str, str] | None = None, env_file: str | None = None) -> Settings:
+    """The one entry point the CLI uses: env file, then os.environ, then flags."""
+    environ = dict(os.environ)
+    path = env_file or environ.get("PGOPS_ENV_FILE")
+    file_values = load_env_file(path, required=path is not None)
+    return build_settings(file_values, environ, flags)
