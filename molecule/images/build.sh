@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Build (or reuse) the local systemd test images for Molecule: localhost/pgops-debian:12 and :13.
+#
+# No container registry is reachable on the build machines, so the images are made from Debian's archive
+# with debootstrap and imported into podman. Each image is labelled with a hash of this recipe; it is
+# rebuilt only when the recipe (this file) changes or the image is missing. FORCE=1 rebuilds anyway.
+#
+# Usage: molecule/images/build.sh [12] [13]      (default: both)
+# Env:   DEBIAN_MIRROR (default http://deb.debian.org/debian), FORCE=1, CONTAINERS_CONF (set if unset)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/../containers.conf}
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+# Only what Ansible, systemd and the tests need; the role itself installs PostgreSQL and its dependencies.
+# ca-certificates pulls in openssl (used by the verifier's `openssl s_client`); iproute2 gives `ss`.
+include=python3,sudo,ca-certificates,systemd,systemd-sysv,iproute2,procps
+
+declare -A suites=([12]=bookworm [13]=trixie)
+versions=("$@")
+((${#versions[@]})) || versions=(12 13)
+
+for v in "${versions[@]}"; do
+  suite=${suites[$v]:-}
+  [ -n "$suite" ] || { echo "build.sh: unknown Debian version '$v' (valid: ${!suites[*]})" >&2; exit 2; }
+  image=localhost/pgops-debian:$v
+  recipe=$( { cat "$0"; echo "$suite $include $mirror"; } | sha256sum | cut -c1-16)
+  current=$(podman image inspect --format '{{ index .Config.Labels "pgops.recipe" }}' "$image" 2>/dev/null || true)
+  if [ "$current" = "$recipe" ] && [ "${FORCE:-0}" != 1 ]; then
+    echo "build.sh: $image is up to date (recipe $recipe)"
+    continue
+  fi
+  echo "build.sh: building $image from $suite (recipe $recipe)"
+  root=$(mktemp -d /var/tmp/pgops-rootfs.XXXXXX)
+  trap 'rm -rf "$root"' EXIT
+  debootstrap --variant=minbase --include="$include" "$suite" "$root" "$mirror" >"$root.log" 2>&1 \
+    || { tail -n 30 "$root.log" >&2; exit 1; }
+  rm -f "$root.log"
+  # Container hygiene: a fresh machine-id on first boot, no stale apt lists, no getty on a missing tty.
+  : >"$root/etc/machine-id"
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb
+  ln -sf /dev/null "$root/etc/systemd/system/getty.target"
+  # One image layer; the tar stream is checked for failure on both sides of the pipe (pipefail).
+  tar -C "$root" --numeric-owner -c . \
+    | podman import \
+        --change 'CMD ["/sbin/init"]' \
+        --change 'STOPSIGNAL SIGRTMIN+3' \
+        --change "LABEL pgops.recipe=$recipe" \
+        --change "LABEL pgops.suite=$suite" \
+        - "$image" >/dev/null
+  rm -rf "$root"
+  trap - EXIT
+  echo "build.sh: built $image"
+done
