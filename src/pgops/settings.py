@@ -141,8 +141,22 @@ def _storage_url(raw: str, key: str) -> str:
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
+def _default_target() -> str:
+    host = socket.gethostname().split(".")[0] or "localhost"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", host)[:63]
+
+
+def _optional(parse: Parser) -> Parser:
+    """Empty means unset (None): the effective default then depends on other settings."""
+
+    def parse_optional(raw: str, key: str) -> Any:
+        return None if not raw.strip() else parse(raw, key)
+
+    return parse_optional
+
+
 def _name(raw: str, key: str) -> str:
-    v = raw.strip()
+    v = raw.strip() or _default_target()
     if not _NAME_RE.match(v):
         raise ConfigError(
             f"{key}={raw!r} is not a valid name; valid values: 1-63 characters of letters, digits, '.', '_', '-'"
@@ -168,66 +182,150 @@ class Spec:
         return self.key.lower()
 
 
-def _default_target() -> str:
-    host = socket.gethostname().split(".")[0] or "localhost"
-    return re.sub(r"[^A-Za-z0-9._-]", "-", host)[:63]
-
-
 SPECS: tuple[Spec, ...] = (
     # --- where backups go -----------------------------------------------------------------------
     Spec("STORAGE_URL", _storage_url, None, "Where backups are stored.", "s3://acme-db-backups/prod"),
-    Spec("TARGET", _name, "", "Name of the server being backed up; the first level of keys under the "
-         "storage prefix, and the lock name. Default: the short host name.", "pg-prod-1"),
+    Spec(
+        "TARGET",
+        _name,
+        "",
+        "Name of the server being backed up; the first level of keys under the "
+        "storage prefix, and the lock name. Default: the short host name.",
+        "pg-prod-1",
+    ),
     # --- what to back up ------------------------------------------------------------------------
-    Spec("DATABASES", _list, "all", "Databases to back up: 'all' (every connectable non-template "
-         "database) or a comma-separated list.", "app,billing"),
+    Spec(
+        "DATABASES",
+        _list,
+        "all",
+        "Databases to back up: 'all' (every connectable non-template database) or a comma-separated list.",
+        "app,billing",
+    ),
     Spec("EXCLUDE_DATABASES", _list, "", "Databases to skip when DATABASES=all.", "scratch,tmp_import"),
-    Spec("GLOBALS", _bool, "true", "Also store pg_dumpall --globals-only (roles, tablespaces) once per run.",
-         "true"),
+    Spec(
+        "GLOBALS",
+        _bool,
+        "true",
+        "Also store pg_dumpall --globals-only (roles, tablespaces) once per run.",
+        "true",
+    ),
     # --- how to connect -------------------------------------------------------------------------
-    Spec("PG_CONNINFO", _str, "", "libpq connection string for the server (no password here). Empty: the "
-         "standard PG* variables, else the local socket as user postgres.", "host=/var/run/postgresql port=5432"),
-    Spec("PG_PASSWORD", _secret, "", "Password, passed to libpq and children through the environment only; "
-         "~/.pgpass works too.", "(from Vault)", secret=True),
-    Spec("PG_BINDIR", _str, "", "Directory holding pg_dump, pg_dumpall and pg_restore. Empty: the "
-         "/usr/lib/postgresql/<major>/bin that matches the server, else the newest installed.",
-         "/usr/lib/postgresql/17/bin"),
+    Spec(
+        "PG_CONNINFO",
+        _str,
+        "",
+        "libpq connection string for the server (no password here). Empty: the "
+        "standard PG* variables, else the local socket as user postgres.",
+        "host=/var/run/postgresql port=5432",
+    ),
+    Spec(
+        "PG_PASSWORD",
+        _secret,
+        "",
+        "Password, passed to libpq and children through the environment only; ~/.pgpass works too.",
+        "(from Vault)",
+        secret=True,
+    ),
+    Spec(
+        "PG_BINDIR",
+        _str,
+        "",
+        "Directory holding pg_dump, pg_dumpall and pg_restore. Empty: the "
+        "/usr/lib/postgresql/<major>/bin that matches the server, else the newest installed.",
+        "/usr/lib/postgresql/17/bin",
+    ),
     # --- compression ----------------------------------------------------------------------------
     Spec("COMPRESSION", _choice("zstd", "gzip", "none"), "zstd", "Compression of the stored dump.", "zstd"),
-    Spec("COMPRESSION_LEVEL", _int_range(0, 22), "", "Level: zstd 1-19 (default 3), gzip 1-9 (default 6).",
-         "3"),
+    Spec(
+        "COMPRESSION_LEVEL",
+        _optional(_int_range(0, 22)),
+        "",
+        "Level: zstd 1-19 (default 3), gzip 1-9 (default 6).",
+        "3",
+    ),
     Spec("COMPRESSION_THREADS", _int_range(0, 256), "0", "zstd worker threads; 0 = one per CPU.", "2"),
     # --- S3 -------------------------------------------------------------------------------------
-    Spec("S3_ENDPOINT_URL", _str, "", "Custom endpoint for S3-compatible stores. Without a scheme, https:// "
-         "is assumed.", "https://minio.internal:9000"),
+    Spec(
+        "S3_ENDPOINT_URL",
+        _str,
+        "",
+        "Custom endpoint for S3-compatible stores. Without a scheme, https:// is assumed.",
+        "https://minio.internal:9000",
+    ),
     Spec("S3_REGION", _str, "", "Region. Empty: the SDK default chain, else us-east-1.", "eu-central-1"),
-    Spec("S3_ACCESS_KEY_ID", _str, "", "Access key id. Empty: the SDK default chain (instance profile, "
-         "AWS_* variables, ~/.aws).", "AKIA..."),
+    Spec(
+        "S3_ACCESS_KEY_ID",
+        _str,
+        "",
+        "Access key id. Empty: the SDK default chain (instance profile, AWS_* variables, ~/.aws).",
+        "AKIA...",
+    ),
     Spec("S3_SECRET_ACCESS_KEY", _secret, "", "Secret access key.", "(from Vault)", secret=True),
-    Spec("S3_SESSION_TOKEN", _secret, "", "Session token for temporary credentials.", "(from Vault)",
-         secret=True),
+    Spec(
+        "S3_SESSION_TOKEN",
+        _secret,
+        "",
+        "Session token for temporary credentials.",
+        "(from Vault)",
+        secret=True,
+    ),
     Spec("S3_VERIFY_TLS", _bool, "true", "Check the endpoint's TLS certificate.", "true"),
-    Spec("S3_CA_BUNDLE", _str, "", "CA bundle file for a private endpoint's certificate.",
-         "/etc/ssl/certs/internal-ca.pem"),
+    Spec(
+        "S3_CA_BUNDLE",
+        _str,
+        "",
+        "CA bundle file for a private endpoint's certificate.",
+        "/etc/ssl/certs/internal-ca.pem",
+    ),
     Spec("S3_ADDRESSING_STYLE", _choice("auto", "path", "virtual"), "auto", "Bucket addressing.", "path"),
-    Spec("S3_STORAGE_CLASS", _str, "", "Storage class of new objects. Empty: the bucket default.",
-         "STANDARD_IA"),
+    Spec(
+        "S3_STORAGE_CLASS",
+        _str,
+        "",
+        "Storage class of new objects. Empty: the bucket default.",
+        "STANDARD_IA",
+    ),
     Spec("S3_SSE", _choice("none", "aes256", "aws:kms"), "none", "Server-side encryption.", "aws:kms"),
-    Spec("S3_SSE_KMS_KEY_ID", _str, "", "KMS key for S3_SSE=aws:kms. Empty: the AWS-managed key.",
-         "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-..."),
-    Spec("S3_PART_SIZE", _size(5 * 1024**2, 5 * 1024**3), "16MiB", "First multipart part size. It doubles "
-         "every 1000 parts, so an unknown-size stream never reaches the 10,000-part limit.", "16MiB"),
-    Spec("S3_MAX_ATTEMPTS", _int_range(1, 20), "5", "Attempts per request/part, with exponential backoff.",
-         "5"),
-    Spec("S3_REQUEST_CHECKSUM", _choice("when_required", "when_supported"), "when_required",
-         "boto3 request_checksum_calculation; when_required keeps S3-compatible stores working.",
-         "when_required"),
-    Spec("S3_CONDITIONAL_WRITES", _bool, "true", "Send If-None-Match: * so the store itself refuses "
-         "overwrites. Turn off only for stores that reject the header (a HEAD check still runs).", "true"),
+    Spec(
+        "S3_SSE_KMS_KEY_ID",
+        _str,
+        "",
+        "KMS key for S3_SSE=aws:kms. Empty: the AWS-managed key.",
+        "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-...",
+    ),
+    Spec(
+        "S3_PART_SIZE",
+        _size(5 * 1024**2, 5 * 1024**3),
+        "16MiB",
+        "First multipart part size. It doubles "
+        "every 1000 parts, so an unknown-size stream never reaches the 10,000-part limit.",
+        "16MiB",
+    ),
+    Spec("S3_MAX_ATTEMPTS", _int_range(1, 20), "5", "Attempts per request/part, with exponential backoff.", "5"),
+    Spec(
+        "S3_REQUEST_CHECKSUM",
+        _choice("when_required", "when_supported"),
+        "when_required",
+        "boto3 request_checksum_calculation; when_required keeps S3-compatible stores working.",
+        "when_required",
+    ),
+    Spec(
+        "S3_CONDITIONAL_WRITES",
+        _bool,
+        "true",
+        "Send If-None-Match: * so the store itself refuses "
+        "overwrites. Turn off only for stores that reject the header (a HEAD check still runs).",
+        "true",
+    ),
     # --- running --------------------------------------------------------------------------------
     Spec("LOCK_DIR", _str, "/run/lock", "Directory for the per-target lock file.", "/run/lock"),
-    Spec("SPOOL_DIR", _str, "", "Directory for the seekable local copy that restore --jobs N needs.",
-         "/var/tmp/pgops"),
+    Spec(
+        "SPOOL_DIR",
+        _str,
+        "",
+        "Directory for the seekable local copy that restore --jobs N needs.",
+        "/var/tmp/pgops",  # noqa: S108 - an example in the docs, not a path we create
+    ),
     Spec("LOG_FORMAT", _choice("logfmt", "json"), "logfmt", "Log line format on stderr.", "json"),
     Spec("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level.", "info"),
 )
@@ -319,7 +417,11 @@ def build_settings(
 ) -> Settings:
     """Merge the three sources (later wins), reject unknown PGOPS_* keys, parse and validate every value."""
     merged: dict[str, tuple[str, str]] = {}  # key -> (raw value, where it came from)
-    for origin, source in (("env file", env_file or {}), ("environment", environ or {}), ("flag", flags or {})):
+    for origin, source in (
+        ("env file", env_file or {}),
+        ("environment", environ or {}),
+        ("flag", flags or {}),
+    ):
         for name, raw in source.items():
             if not name.startswith(PREFIX) or name == "PGOPS_ENV_FILE":
                 if origin == "env file" and name != "PGOPS_ENV_FILE":
@@ -332,15 +434,8 @@ def build_settings(
 
     values: dict[str, Any] = {}
     for spec in SPECS:
-        raw = merged[spec.key][0] if spec.key in merged else spec.default
-        if raw is None:
-            values[spec.attr] = None
-        elif raw.strip() == "" and spec.key == "COMPRESSION_LEVEL":
-            values[spec.attr] = None
-        elif raw.strip() == "" and spec.key == "TARGET":
-            values[spec.attr] = _default_target()
-        else:
-            values[spec.attr] = spec.parse(raw, spec.env)
+        value = merged[spec.key][0] if spec.key in merged else spec.default
+        values[spec.attr] = None if value is None else spec.parse(value, spec.env)
     settings = Settings(**values)
     _cross_check(settings)
     return settings

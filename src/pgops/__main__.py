@@ -1,0 +1,3 @@
+from pgops.cli import main
+
+main()

@@ -1,0 +1,270 @@
+"""`pgops backup`: per-database pg_dump plus one pg_dumpall --globals-only per run, streamed to storage.
+
+    pg_dump -Fc -Z0 ──pipe──► [zstd | gzip] ──► sha256 + count ──► storage writer (multipart / temp file)
+                                                                        └─ commit, then manifest.json
+
+The data object is committed only after pg_dump exited 0 and its output looked like an archive; the
+manifest is written only after the data object is committed. Any failure aborts the upload, so a failed
+dump never has a manifest and is never counted as a backup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pgops import __version__
+from pgops.errors import ConfigError, IntegrityError, Interrupted, PartialFailure, PgOpsError, StorageError
+from pgops.lock import target_lock
+from pgops.log import q
+from pgops.manifest import (
+    KIND_DATABASE,
+    KIND_GLOBALS,
+    STATUS_OK,
+    Manifest,
+    StoredObject,
+    database_key,
+    manifest_key,
+    new_backup_id,
+    utcnow,
+)
+from pgops.pg import (
+    PgConn,
+    ServerInfo,
+    database_properties,
+    find_bindir,
+    list_databases,
+    server_info,
+    tool_version,
+)
+from pgops.pipeline import EXTENSIONS, compressor, pump, read_chunks
+from pgops.proc import running
+from pgops.settings import Settings
+from pgops.storage.base import Storage, WriteOptions
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_MAGIC = b"PGDMP"
+Progress = Callable[[int], None]
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What every dump in one run shares: server facts, binaries, the run id."""
+
+    settings: Settings
+    storage: Storage
+    conn: PgConn
+    server: ServerInfo
+    bindir: Path
+    pg_dump_version: str
+    backup_id: str
+
+    @classmethod
+    def open(cls, settings: Settings, storage: Storage) -> RunContext:
+        conn = PgConn.from_settings(settings)
+        with conn.connect("postgres") as c:
+            server = server_info(c)
+        bindir = find_bindir(settings.pg_bindir, server.major)
+        return cls(settings, storage, conn, server, bindir, tool_version(bindir, "pg_dump"), new_backup_id(utcnow()))
+
+    def compression_info(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "algorithm": s.compression,
+            "level": s.effective_compression_level,
+            "threads": s.compression_threads,
+        }
+
+
+@dataclasses.dataclass
+class BackupReport:
+    backup_id: str
+    manifests: list[Manifest] = dataclasses.field(default_factory=list)
+    failures: dict[str, PgOpsError] = dataclasses.field(default_factory=dict)  # database or @globals
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def resolve_databases(conn: PgConn, wanted: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
+    """'all' expands to every connectable non-template database; named ones must exist."""
+    with conn.connect("postgres") as c:
+        existing = list_databases(c)
+    if not wanted or wanted == ("all",):
+        return [d for d in existing if d not in exclude]
+    if "all" in wanted:
+        raise ConfigError("PGOPS_DATABASES mixes 'all' with names; valid: 'all' or a comma-separated list of names")
+    missing = [d for d in wanted if d not in existing]
+    if missing:
+        raise ConfigError(
+            f"PGOPS_DATABASES names {', '.join(map(repr, missing))}, which the server does not have (or which do not "
+            f"allow connections); it has: {', '.join(existing)}"
+        )
+    return list(wanted)
+
+
+def _stream_dump(
+    ctx: RunContext, argv: list[str], key: str, what: str, progress: Progress | None
+) -> tuple[StoredObject, bytes]:
+    """Run one dump command and stream its stdout into `key`. Returns the stored object and the head bytes."""
+    s = ctx.settings
+    writer = ctx.storage.open_writer(key, WriteOptions())
+    try:
+        with running(argv, env=ctx.conn.child_env(), stdout=subprocess.PIPE) as child:
+            assert child.proc.stdout is not None
+            result = pump(
+                read_chunks(child.proc.stdout),
+                [compressor(s.compression, s.effective_compression_level, s.compression_threads)],
+                writer.write,
+                progress,
+            )
+            child.check(what)
+        if result.raw_size == 0:
+            raise IntegrityError(f"{what}: the dump is empty although the dump tool exited 0")
+        info = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    if info.size != result.size:
+        raise IntegrityError(f"{what}: storage reports {info.size} bytes for {key}, we sent {result.size}")
+    obj = StoredObject(
+        key=key,
+        role="dump",
+        size=result.size,
+        sha256=result.sha256,
+        raw_size=result.raw_size,
+        raw_sha256=result.raw_sha256,
+    )
+    return obj, result.head
+
+
+def _write_manifest(ctx: RunContext, m: Manifest) -> Manifest:
+    key = manifest_key(m.target, m.database, m.id)
+    ctx.storage.put_bytes(key, m.dumps(), WriteOptions(content_type="application/json"))
+    return dataclasses.replace(m, key=key)
+
+
+def backup_database(
+    ctx: RunContext, database: str, *, reason: str = "scheduled", progress: Progress | None = None
+) -> Manifest:
+    started = utcnow()
+    with ctx.conn.connect("postgres") as c:
+        props = database_properties(c, database)
+    target = ctx.settings.target
+    key = f"{target}/{database_key(database)}/{ctx.backup_id}/dump.pgc{EXTENSIONS[ctx.settings.compression]}"
+    argv = [
+        str(ctx.bindir / "pg_dump"),
+        "--format=custom",
+        "--compress=0",
+        "--no-password",
+        "--dbname",
+        ctx.conn.for_db(database),
+    ]
+    log.info("event=backup_start database=%s id=%s", q(database), ctx.backup_id)
+    obj, head = _stream_dump(ctx, argv, key, f"pg_dump of {database!r}", progress)
+    if not head.startswith(ARCHIVE_MAGIC):
+        raise IntegrityError(f"pg_dump of {database!r} did not produce a custom-format archive")
+    m = Manifest(
+        id=ctx.backup_id,
+        kind=KIND_DATABASE,
+        target=target,
+        database=database,
+        status=STATUS_OK,
+        started_at=started,
+        finished_at=utcnow(),
+        objects=(obj,),
+        server_version=ctx.server.version,
+        server_version_num=ctx.server.version_num,
+        tool_version=ctx.pg_dump_version,
+        dump_format="custom",
+        compression=ctx.compression_info(),
+        encryption={"algorithm": "none"},
+        host=socket.gethostname(),
+        engine_version=__version__,
+        database_properties=props,
+        reason=reason,
+    )
+    m = _write_manifest(ctx, m)
+    log.info(
+        "event=backup_done database=%s id=%s bytes=%d raw_bytes=%d seconds=%.2f key=%s",
+        q(database), m.id, obj.size, obj.raw_size, m.duration, q(obj.key),
+    )  # fmt: skip
+    return m
+
+
+def backup_globals(ctx: RunContext, progress: Progress | None = None) -> Manifest:
+    started = utcnow()
+    target = ctx.settings.target
+    key = f"{target}/@globals/{ctx.backup_id}/globals.sql{EXTENSIONS[ctx.settings.compression]}"
+    argv = [
+        str(ctx.bindir / "pg_dumpall"),
+        "--globals-only",
+        "--no-password",
+        "--dbname",
+        ctx.conn.for_db("postgres"),
+    ]
+    log.info("event=backup_start database=@globals id=%s", ctx.backup_id)
+    obj, head = _stream_dump(ctx, argv, key, "pg_dumpall --globals-only", progress)
+    if not head.startswith(b"--"):
+        raise IntegrityError("pg_dumpall --globals-only did not produce an SQL script")
+    m = Manifest(
+        id=ctx.backup_id,
+        kind=KIND_GLOBALS,
+        target=target,
+        database=None,
+        status=STATUS_OK,
+        started_at=started,
+        finished_at=utcnow(),
+        objects=(dataclasses.replace(obj, role="globals"),),
+        server_version=ctx.server.version,
+        server_version_num=ctx.server.version_num,
+        tool_version=tool_version(ctx.bindir, "pg_dumpall"),
+        dump_format="plain",
+        compression=ctx.compression_info(),
+        encryption={"algorithm": "none"},
+        host=socket.gethostname(),
+        engine_version=__version__,
+    )
+    m = _write_manifest(ctx, m)
+    log.info("event=backup_done database=@globals id=%s bytes=%d seconds=%.2f", m.id, obj.size, m.duration)
+    return m
+
+
+def run_backup(settings: Settings, storage: Storage, *, progress: Progress | None = None) -> BackupReport:
+    """One cron run: lock the target, dump globals then each database. One failure does not stop the rest."""
+    with target_lock(settings.lock_dir, settings.target):
+        ctx = RunContext.open(settings, storage)
+        databases = resolve_databases(ctx.conn, settings.databases, settings.exclude_databases)
+        report = BackupReport(ctx.backup_id)
+        log.info("event=run_start id=%s target=%s databases=%d storage=%s", ctx.backup_id, q(settings.target),
+                 len(databases), q(storage.url))  # fmt: skip
+        units: list[tuple[str, Callable[[], Manifest]]] = []
+        if settings.globals:
+            units.append(("@globals", lambda: backup_globals(ctx, progress)))
+        for db in databases:
+            units.append((db, lambda db=db: backup_database(ctx, db, progress=progress)))  # type: ignore[misc]
+        for name, unit in units:
+            try:
+                report.manifests.append(unit())
+            except Interrupted:
+                raise
+            except PgOpsError as e:
+                if isinstance(e, StorageError) and not report.manifests and not report.failures:
+                    raise  # the store is unusable: fail fast with its one clear line
+                report.failures[name] = e
+                log.error("event=backup_failed database=%s error=%s", q(name), q(e))
+        log.info("event=run_done id=%s ok=%d failed=%d", ctx.backup_id, len(report.manifests), len(report.failures))
+        if report.failures and not report.manifests:
+            raise next(iter(report.failures.values()))
+        if report.failures:
+            raise PartialFailure(
+                f"{len(report.failures)} of {len(units)} backups failed: {', '.join(sorted(report.failures))}"
+            )
+        return report

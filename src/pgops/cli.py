@@ -1,0 +1,258 @@
+"""The `pgops` command. Thin: parse arguments, build Settings, call the library, map errors to exit codes.
+
+Exceptions become exit codes here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+from pgops import __version__
+from pgops import log as pglog
+from pgops.errors import ConfigError, ExitCode, Interrupted, PgOpsError
+from pgops.manifest import Catalog, Manifest, iso, parse_time
+from pgops.settings import Settings, load_settings
+
+log = logging.getLogger("pgops.cli")
+
+EXIT_CODES_HELP = "exit codes:\n" + "\n".join(f"  {c.value:<4} {c.name.lower()}" for c in ExitCode)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+class Progress:
+    """A byte progress bar on a terminal; a log line every 10% (or minute) otherwise."""
+
+    def __init__(self, what: str, total: int | None) -> None:
+        self.what, self.total = what, total
+        self.tty = sys.stderr.isatty()
+        self._last_log = time.monotonic()
+        self._last_pct = -1
+
+    def __call__(self, done: int) -> None:
+        pct = int(done * 100 / self.total) if self.total else -1
+        if self.tty:
+            if self.total:
+                bar = "#" * (pct // 4)
+                sys.stderr.write(f"\r{self.what} [{bar:<25}] {pct:3d}% {_human(done)} / {_human(self.total)}")
+            else:
+                sys.stderr.write(f"\r{self.what} {_human(done)}")
+            sys.stderr.flush()
+            return
+        now = time.monotonic()
+        if (pct >= 0 and pct // 10 > self._last_pct // 10) or now - self._last_log > 60:
+            self._last_pct, self._last_log = pct, now
+            log.info("event=progress what=%s bytes=%d percent=%s", self.what, done, pct if pct >= 0 else "unknown")
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env-file", help="settings file (default /etc/pgops/pgops.env; PGOPS_ENV_FILE)")
+    p.add_argument(
+        "--storage-url",
+        dest="PGOPS_STORAGE_URL",
+        help="s3://bucket/prefix, gs://bucket/prefix or file:///dir",
+    )
+    p.add_argument("--target", dest="PGOPS_TARGET", help="name of the backed-up server (default: short host name)")
+    p.add_argument("--log-format", dest="PGOPS_LOG_FORMAT", choices=["logfmt", "json"])
+    p.add_argument("--log-level", dest="PGOPS_LOG_LEVEL", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgops",
+        description="Streaming logical backups of PostgreSQL to S3, GCS or a local directory.",
+        epilog=EXIT_CODES_HELP + "\n\nSettings: env file < PGOPS_* environment < flags. See docs/configuration.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pgops {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    b = sub.add_parser(
+        "backup", help="dump globals and databases to storage", epilog=EXIT_CODES_HELP, formatter_class=fmt
+    )
+    _common(b)
+    b.add_argument("--databases", dest="PGOPS_DATABASES", help="'all' or a comma-separated list")
+    b.add_argument("--exclude-databases", dest="PGOPS_EXCLUDE_DATABASES")
+    b.add_argument("--compression", dest="PGOPS_COMPRESSION", choices=["zstd", "gzip", "none"])
+    b.add_argument("--compression-level", dest="PGOPS_COMPRESSION_LEVEL")
+    b.add_argument("--compression-threads", dest="PGOPS_COMPRESSION_THREADS")
+    b.add_argument("--no-globals", dest="PGOPS_GLOBALS", action="store_const", const="false")
+
+    ls = sub.add_parser("list", help="list complete backups, newest first", epilog=EXIT_CODES_HELP, formatter_class=fmt)
+    _common(ls)
+    ls.add_argument("--database", help="only this database")
+    ls.add_argument("--all-targets", action="store_true", help="every target under the storage prefix")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    r = sub.add_parser("restore", help="restore a backup into a new (or, with --replace, the same) database",
+                       epilog=EXIT_CODES_HELP, formatter_class=fmt)  # fmt: skip
+    _common(r)
+    r.add_argument("--database", required=True, help="database name as recorded in the backup")
+    which = r.add_mutually_exclusive_group()
+    which.add_argument("--id", dest="backup_id", help="a backup id (default: latest)")
+    which.add_argument("--before", help="latest backup started at or before this ISO 8601 time")
+    r.add_argument("--target-db", help="name of the restored database (default: <database>_<backup time>)")
+    r.add_argument("--from-target", help="restore another server's backups (its PGOPS_TARGET)")
+    r.add_argument("--replace", action="store_true", help="replace an existing database: safety backup, then swap")
+    r.add_argument("--jobs", type=int, default=1, help="parallel pg_restore jobs (needs --spool-dir)")
+    r.add_argument("--spool-dir", help="directory for the local copy that --jobs needs (PGOPS_SPOOL_DIR)")
+    r.add_argument("--with-globals", action="store_true", help="recreate roles and tablespaces first")
+    r.add_argument("--no-owner", action="store_true", help="do not restore object ownership")
+    r.add_argument("--no-acl", action="store_true", help="do not restore grants")
+    r.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    c = sub.add_parser("check", help="validate settings and prove the store is reachable and writable",
+                       epilog=EXIT_CODES_HELP, formatter_class=fmt)  # fmt: skip
+    _common(c)
+    return parser
+
+
+def _flags(ns: argparse.Namespace) -> dict[str, str]:
+    return {k: str(v) for k, v in vars(ns).items() if k.startswith("PGOPS_") and v is not None}
+
+
+def cmd_backup(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    from pgops.backup import run_backup
+    from pgops.storage import open_storage
+
+    storage = open_storage(settings)
+    progress = Progress("backup", None) if sys.stderr.isatty() else None
+    try:
+        report = run_backup(settings, storage, progress=progress)
+    finally:
+        if progress:
+            progress.close()
+    for m in report.manifests:
+        log.info("event=stored database=%s id=%s key=%s", pglog.q(m.database or "@globals"), m.id, pglog.q(m.key))
+    return ExitCode.OK
+
+
+def _row(m: Manifest) -> list[str]:
+    return [m.id, m.database or "@globals", iso(m.started_at), f"{m.duration:.1f}s", _human(m.size), m.reason]
+
+
+def cmd_list(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    from pgops.storage import open_storage
+
+    catalog = Catalog.load(open_storage(settings), None if ns.all_targets else settings.target)
+    found = [m for m in catalog.manifests if m.ok and (ns.database is None or m.database == ns.database)]
+    if ns.json:
+        out = [dict(m.to_json(), key=m.key) for m in found]
+        json.dump(
+            {"backups": out, "unreadable_manifests": list(catalog.unreadable)},
+            sys.stdout,
+            indent=2,
+            ensure_ascii=False,
+        )
+        sys.stdout.write("\n")
+        return ExitCode.OK
+    rows = [["ID", "DATABASE", "STARTED (UTC)", "DURATION", "SIZE", "REASON"], *map(_row, found)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        sys.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() + "\n")
+    if catalog.unreadable:
+        sys.stdout.write(f"({len(catalog.unreadable)} unreadable manifest(s) ignored; see the log)\n")
+    return ExitCode.OK
+
+
+def cmd_restore(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    from pgops.restore import RestoreRequest, choose_backup, run_restore
+    from pgops.storage import open_storage
+
+    try:
+        before = parse_time(ns.before) if ns.before else None
+    except ValueError:
+        raise ConfigError(f"--before={ns.before!r} is not a time; valid: ISO 8601 like 2026-11-20T02:00:00Z") from None
+    req = RestoreRequest(
+        database=ns.database, target_db=ns.target_db, backup_id=ns.backup_id, before=before,
+        source_target=ns.from_target, replace=ns.replace, jobs=ns.jobs, spool_dir=ns.spool_dir,
+        with_globals=ns.with_globals, no_owner=ns.no_owner, no_acl=ns.no_acl,
+    )  # fmt: skip
+    storage = open_storage(settings)
+    _, m = choose_backup(storage, settings, req)
+    progress = Progress("restore", m.object("dump").size)
+    try:
+        report = run_restore(settings, storage, req, progress)
+    finally:
+        progress.close()
+    if ns.json:
+        out = {
+            "database": report.database, "backup_id": report.manifest.id, "seconds": round(report.seconds, 3),
+            "bytes": report.bytes, "previous_renamed_to": report.previous_renamed_to,
+            "safety_backup_id": report.safety_backup.id if report.safety_backup else None,
+            "warnings": list(report.warnings),
+        }  # fmt: skip
+        json.dump(out, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    for w in report.warnings:
+        log.warning("event=restore_warning detail=%s", pglog.q(w))
+    return ExitCode.OK
+
+
+def cmd_check(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    from pgops.storage import open_storage
+
+    storage = open_storage(settings)
+    storage.check()
+    log.info("event=check_ok storage=%s target=%s", pglog.q(storage.url), pglog.q(settings.target))
+    return ExitCode.OK
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], ExitCode]] = {
+    "backup": cmd_backup,
+    "list": cmd_list,
+    "restore": cmd_restore,
+    "check": cmd_check,
+}
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    pglog.configure()
+    old: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        old[sig] = signal.signal(sig, _on_signal)
+    try:
+        settings = load_settings(_flags(ns), ns.env_file)
+        pglog.configure(settings.log_format, settings.log_level)
+        return int(COMMANDS[ns.command](settings, ns))
+    except PgOpsError as e:
+        log.error("event=failed command=%s exit=%d error_type=%s error=%s", ns.command, int(e.exit_code),
+                  type(e).__name__, pglog.q(e))  # fmt: skip
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    except Exception:
+        log.exception("event=failed command=%s exit=%d error_type=bug", ns.command, int(ExitCode.FAILURE))
+        return int(ExitCode.FAILURE)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,327 @@
+"""Talking to PostgreSQL: connections, server facts, client binaries and database-level properties.
+
+Passwords reach libpq and child processes only through the environment (PGPASSWORD), never argv.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pgops.errors import ConfigError, PostgresError
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from pgops.settings import Settings
+
+DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
+
+
+@dataclasses.dataclass(frozen=True)
+class PgConn:
+    """How to reach one server: a conninfo without password, plus the password kept aside."""
+
+    conninfo: str
+    password: str = dataclasses.field(default="", repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PgConn:
+        conninfo = settings.pg_conninfo
+        env_user = "user" in conninfo or "PGUSER" in os.environ
+        if not conninfo and not any(k in os.environ for k in ("PGHOST", "PGSERVICE")) and not env_user:
+            conninfo = "user=postgres"
+        elif not env_user and "user=" not in conninfo:
+            conninfo = (conninfo + " user=postgres").strip()
+        return cls(conninfo, settings.pg_password.reveal())
+
+    def for_db(self, dbname: str) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(self.conninfo, dbname=dbname)
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        env.setdefault("PGAPPNAME", "pgops")
+        return env
+
+    def connect(self, dbname: str = "postgres", *, autocommit: bool = True) -> psycopg.Connection[Any]:
+        import psycopg
+
+        kwargs: dict[str, Any] = {
+            "autocommit": autocommit,
+            "application_name": "pgops",
+            "connect_timeout": 15,
+        }
+        if self.password:
+            kwargs["password"] = self.password
+        try:
+            return psycopg.connect(self.for_db(dbname), **kwargs)
+        except psycopg.OperationalError as e:
+            raise PostgresError(f"cannot connect to database {dbname!r}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerInfo:
+    version: str  # e.g. "15.18 (Debian 15.18-0+deb12u1)"
+    version_num: int  # e.g. 150018
+
+    @property
+    def major(self) -> int:
+        return self.version_num // 10000
+
+
+def server_info(conn: psycopg.Connection[Any]) -> ServerInfo:
+    row = conn.execute(
+        "SELECT current_setting('server_version'), current_setting('server_version_num')::int"
+    ).fetchone()
+    assert row is not None
+    return ServerInfo(row[0], row[1])
+
+
+def list_databases(conn: psycopg.Connection[Any]) -> list[str]:
+    """Every database a backup of 'all' covers: connectable, not a template."""
+    rows = conn.execute(
+        "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY datname"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def database_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def role_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
+
+
+def find_bindir(settings_bindir: str, server_major: int | None) -> Path:
+    """The client binaries to use. pg_dump must be at least as new as the server."""
+    if settings_bindir:
+        p = Path(settings_bindir)
+        if not (p / "pg_dump").is_file():
+            raise ConfigError(
+                f"PGOPS_PG_BINDIR={settings_bindir!r} holds no pg_dump; set it to a PostgreSQL bin directory"
+            )
+        return p
+    candidates = sorted(
+        (int(d.name), d / "bin")
+        for d in DEBIAN_PG_ROOT.glob("*")
+        if d.name.isdigit() and (d / "bin" / "pg_dump").is_file()
+    )
+    if server_major is not None:
+        for major, path in candidates:
+            if major == server_major:
+                return path
+        newer = [(m, p) for m, p in candidates if m > server_major]
+        if newer:
+            return newer[0][1]
+    if candidates:
+        major, path = candidates[-1]
+        if server_major is not None and major < server_major:
+            raise ConfigError(
+                f"pg_dump {major} is older than the server ({server_major}); install "
+                f"postgresql-client-{server_major} or set PGOPS_PG_BINDIR"
+            )
+        return path
+    raise ConfigError("no pg_dump found under /usr/lib/postgresql/*/bin; set PGOPS_PG_BINDIR")
+
+
+def tool_version(bindir: Path, tool: str) -> str:
+    out = subprocess.run([str(bindir / tool), "--version"], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise PostgresError(f"{bindir / tool} --version failed: {out.stderr.strip()[:200]}")
+    return out.stdout.strip()
+
+
+# --- database-level properties (pg_restore without --create does not restore them) ----------------
+
+# GUCs whose value is a list that pg_dump re-quotes element by element (pg_dump's variable_is_guc_list_quote).
+_LIST_QUOTE_GUCS = frozenset(
+    {
+        "local_preload_libraries",
+        "search_path",
+        "session_preload_libraries",
+        "shared_preload_libraries",
+        "temp_tablespaces",
+        "unix_socket_directories",
+    }
+)
+
+
+def split_guc_list(value: str) -> list[str]:
+    """Split a list-valued GUC like `"$user", public` into its elements, undoing identifier quoting."""
+    items: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        while i < n and value[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        if value[i] == '"':
+            j, buf = i + 1, []
+            while j < n:
+                if value[j] == '"':
+                    if j + 1 < n and value[j + 1] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    break
+                buf.append(value[j])
+                j += 1
+            items.append("".join(buf))
+            i = j + 1
+        else:
+            j = i
+            while j < n and value[j] != ",":
+                j += 1
+            items.append(value[i:j].strip())
+            i = j
+        while i < n and value[i] != ",":
+            i += 1
+        i += 1  # skip the comma
+    return items
+
+
+def database_properties(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
+    """What CREATE DATABASE options, ACL, comment and per-database settings the database has."""
+    row = conn.execute(
+        """
+        SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
+               d.datlocprovider::text, d.daticulocale, pg_get_userbyid(d.datdba), d.datconnlimit,
+               shobj_description(d.oid, 'pg_database'), d.datacl IS NULL
+        FROM pg_database d WHERE d.datname = %s
+        """,
+        (name,),
+    ).fetchone()
+    if row is None:
+        raise PostgresError(f"database {name!r} does not exist")
+    acl = conn.execute(
+        """
+        SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,
+               a.privilege_type, a.is_grantable
+        FROM pg_database d, aclexplode(d.datacl) a
+        WHERE d.datname = %s AND a.grantee <> d.datdba
+        ORDER BY 1 NULLS FIRST, 2
+        """,
+        (name,),
+    ).fetchall()
+    settings = conn.execute(
+        """
+        SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END, unnest(s.setconfig)
+        FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+        WHERE d.datname = %s ORDER BY 1 NULLS FIRST, 2
+        """,
+        (name,),
+    ).fetchall()
+    return {
+        "encoding": row[0],
+        "collate": row[1],
+        "ctype": row[2],
+        "locale_provider": {"c": "libc", "i": "icu", "b": "builtin"}.get(row[3], "libc"),
+        "icu_locale": row[4],
+        "owner": row[5],
+        "connection_limit": row[6],
+        "comment": row[7],
+        "default_acl": row[8],
+        "acl": [{"grantee": g, "privilege": p, "grantable": bool(gr)} for g, p, gr in acl],
+        "settings": [{"role": r, "setting": s} for r, s in settings],
+    }
+
+
+def create_database_sql(name: str, props: dict[str, Any], owner: str | None) -> Any:
+    """CREATE DATABASE for a restore target, with the source's encoding and locale, from template0."""
+    from psycopg import sql
+
+    parts = [sql.SQL("CREATE DATABASE {} WITH TEMPLATE = template0").format(sql.Identifier(name))]
+    if props.get("encoding"):
+        parts.append(sql.SQL("ENCODING = {}").format(sql.Literal(props["encoding"])))
+    provider = props.get("locale_provider", "libc")
+    if provider == "icu" and props.get("icu_locale"):
+        parts.append(sql.SQL("LOCALE_PROVIDER = icu ICU_LOCALE = {}").format(sql.Literal(props["icu_locale"])))
+    if props.get("collate"):
+        parts.append(sql.SQL("LC_COLLATE = {}").format(sql.Literal(props["collate"])))
+    if props.get("ctype"):
+        parts.append(sql.SQL("LC_CTYPE = {}").format(sql.Literal(props["ctype"])))
+    if owner:
+        parts.append(sql.SQL("OWNER = {}").format(sql.Identifier(owner)))
+    return sql.SQL(" ").join(parts)
+
+
+def apply_database_properties(
+    conn: psycopg.Connection[Any], name: str, props: dict[str, Any], *, skip_missing_roles: bool
+) -> list[str]:
+    """Re-create comment, connection limit, ACL and settings on `name`. Returns warnings (skipped roles)."""
+    from psycopg import sql
+
+    db = sql.Identifier(name)
+    warnings: list[str] = []
+
+    def role_ok(role: str | None) -> bool:
+        if role is None or role_exists(conn, role):
+            return True
+        if skip_missing_roles:
+            warnings.append(
+                f"role {role!r} does not exist on this server; its database-level grant/setting was skipped"
+            )
+            return False
+        raise PostgresError(
+            f"role {role!r} from the backup does not exist on this server; restore with --with-globals or --no-owner"
+        )
+
+    if props.get("comment") is not None:
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(db, sql.Literal(props["comment"])))
+    if props.get("connection_limit", -1) != -1:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(db, sql.Literal(props["connection_limit"]))
+        )
+    if not props.get("default_acl", True):
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+        for item in props.get("acl", []):
+            if not role_ok(item["grantee"]):
+                continue
+            grantee = sql.SQL("PUBLIC") if item["grantee"] is None else sql.Identifier(item["grantee"])
+            stmt = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(sql.SQL(item["privilege"]), db, grantee)
+            if item["grantable"]:
+                stmt = sql.SQL("{} WITH GRANT OPTION").format(stmt)
+            conn.execute(stmt)
+    for item in props.get("settings", []):
+        if not role_ok(item["role"]):
+            continue
+        guc, _, value = item["setting"].partition("=")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", guc):
+            warnings.append(f"skipped database setting with unexpected name {guc!r}")
+            continue
+        elements = split_guc_list(value) if guc.lower() in _LIST_QUOTE_GUCS else [value]
+        val = sql.SQL(", ").join(sql.Literal(v) for v in elements)
+        target = sql.SQL("ALTER DATABASE {} SET {} TO {}").format(db, sql.Identifier(guc), val)
+        if item["role"] is not None:
+            target = sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} TO {}").format(
+                sql.Identifier(item["role"]), db, sql.Identifier(guc), val
+            )
+        conn.execute(target)
+    return warnings
+
+
+def terminate_connections(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (name,),
+    )
+
+
+def drop_database(conn: psycopg.Connection[Any], name: str) -> None:
+    from psycopg import sql
+
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -1,0 +1,107 @@
+"""Child processes: started without a shell, stderr kept (bounded), always reaped, exit status always checked."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from pgops.errors import PostgresError
+
+log = logging.getLogger(__name__)
+
+_STDERR_KEEP = 64 * 1024
+
+
+class Child:
+    """A running child with its stderr drained in the background into a bounded tail buffer."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        stdin: int | IO[bytes] | None = None,
+        stdout: int | IO[bytes] | None = None,
+    ) -> None:
+        self.name = Path(argv[0]).name
+        self._tail: collections.deque[bytes] = collections.deque()
+        self._tail_len = 0
+        self.proc = subprocess.Popen(
+            list(argv),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=dict(env),
+            start_new_session=False,
+        )
+        self._drain = threading.Thread(target=self._read_stderr, name=f"{self.name}-stderr", daemon=True)
+        self._drain.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in iter(self.proc.stderr.readline, b""):
+            self._tail.append(line)
+            self._tail_len += len(line)
+            while self._tail_len > _STDERR_KEEP and len(self._tail) > 1:
+                self._tail_len -= len(self._tail.popleft())
+
+    @property
+    def stderr_text(self) -> str:
+        return b"".join(self._tail).decode("utf-8", "replace").strip()
+
+    def wait(self) -> int:
+        rc = self.proc.wait()
+        self._drain.join(timeout=5)
+        return rc
+
+    def check(self, what: str) -> None:
+        """Wait, then raise PostgresError with the stderr tail if the child did not exit 0."""
+        rc = self.wait()
+        if rc != 0:
+            how = f"was killed by signal {-rc}" if rc < 0 else f"exited {rc}"
+            detail = self.stderr_text.splitlines()
+            raise PostgresError(f"{self.name} {how} during {what}: {detail[-1] if detail else 'no error output'}")
+
+    def kill(self) -> None:
+        """Stop the child now and reap it. Safe to call on a finished child."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self.wait()
+
+
+@contextlib.contextmanager
+def running(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    stdin: int | IO[bytes] | None = None,
+    stdout: int | IO[bytes] | None = None,
+) -> Iterator[Child]:
+    """Start a child; on any exception (including signals) kill and reap it before propagating."""
+    log.debug("exec %s", argv[0])
+    child = Child(argv, env=env, stdin=stdin, stdout=stdout)
+    try:
+        yield child
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        if child.proc.poll() is None and child.proc.returncode is None:
+            # The body returned without waiting: that is a bug in the caller, never leave a zombie.
+            child.kill()
