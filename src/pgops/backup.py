@@ -42,7 +42,7 @@ from pgops.pg import (
     server_info,
     tool_version,
 )
-from pgops.pipeline import EXTENSIONS, compressor, pump, read_chunks
+from pgops.pipeline import EXTENSIONS, StreamResult, compressor, pump, read_chunks
 from pgops.proc import running
 from pgops.settings import Settings
 from pgops.storage.base import Storage, WriteOptions
@@ -50,6 +50,12 @@ from pgops.storage.base import Storage, WriteOptions
 log = logging.getLogger(__name__)
 
 ARCHIVE_MAGIC = b"PGDMP"
+# A custom-format archive written to a pipe ends with a zero-length chunk (or, with no data, a zero
+# offset): its last 5 bytes are zero. A plain pg_dumpall script ends with its "dump complete" comment.
+# A stream cut anywhere else fails these checks; a cut exactly at a block boundary would not (pg_dump's
+# exit status, checked first, is the main guard).
+ARCHIVE_END = b"\x00" * 5
+SCRIPT_END = b"dump complete"
 Progress = Callable[[int], None]
 
 
@@ -110,10 +116,16 @@ def resolve_databases(conn: PgConn, wanted: tuple[str, ...], exclude: tuple[str,
     return list(wanted)
 
 
+def _looks_complete(result: StreamResult, custom: bool) -> bool:
+    if custom:
+        return result.head.startswith(ARCHIVE_MAGIC) and result.tail.endswith(ARCHIVE_END)
+    return result.head.startswith(b"--") and SCRIPT_END in result.tail
+
+
 def _stream_dump(
-    ctx: RunContext, argv: list[str], key: str, what: str, progress: Progress | None
-) -> tuple[StoredObject, bytes]:
-    """Run one dump command and stream its stdout into `key`. Returns the stored object and the head bytes."""
+    ctx: RunContext, argv: list[str], key: str, what: str, progress: Progress | None, *, custom: bool
+) -> StoredObject:
+    """Run one dump command and stream its stdout into `key`. Commits only a complete-looking dump."""
     s = ctx.settings
     writer = ctx.storage.open_writer(key, WriteOptions())
     try:
@@ -128,6 +140,8 @@ def _stream_dump(
             child.check(what)
         if result.raw_size == 0:
             raise IntegrityError(f"{what}: the dump is empty although the dump tool exited 0")
+        if not _looks_complete(result, custom):
+            raise IntegrityError(f"{what}: the dump is truncated or not in the expected format (tool exited 0)")
         info = writer.commit()
     except BaseException:
         writer.abort()
@@ -142,7 +156,7 @@ def _stream_dump(
         raw_size=result.raw_size,
         raw_sha256=result.raw_sha256,
     )
-    return obj, result.head
+    return obj
 
 
 def _write_manifest(ctx: RunContext, m: Manifest) -> Manifest:
@@ -168,9 +182,7 @@ def backup_database(
         ctx.conn.for_db(database),
     ]
     log.info("event=backup_start database=%s id=%s", q(database), ctx.backup_id)
-    obj, head = _stream_dump(ctx, argv, key, f"pg_dump of {database!r}", progress)
-    if not head.startswith(ARCHIVE_MAGIC):
-        raise IntegrityError(f"pg_dump of {database!r} did not produce a custom-format archive")
+    obj = _stream_dump(ctx, argv, key, f"pg_dump of {database!r}", progress, custom=True)
     m = Manifest(
         id=ctx.backup_id,
         kind=KIND_DATABASE,
@@ -211,9 +223,7 @@ def backup_globals(ctx: RunContext, progress: Progress | None = None) -> Manifes
         ctx.conn.for_db("postgres"),
     ]
     log.info("event=backup_start database=@globals id=%s", ctx.backup_id)
-    obj, head = _stream_dump(ctx, argv, key, "pg_dumpall --globals-only", progress)
-    if not head.startswith(b"--"):
-        raise IntegrityError("pg_dumpall --globals-only did not produce an SQL script")
+    obj = _stream_dump(ctx, argv, key, "pg_dumpall --globals-only", progress, custom=False)
     m = Manifest(
         id=ctx.backup_id,
         kind=KIND_GLOBALS,

@@ -139,6 +139,7 @@ class StreamResult:
     size: int  # bytes that went into the sink
     sha256: str  # of the sink bytes
     head: bytes  # the first bytes of the source, for format checks
+    tail: bytes  # the last bytes of the source, for truncation checks
 
 
 class Readable(Protocol):
@@ -163,6 +164,7 @@ def pump(
     raw = Meter()
     out = Meter()
     head = b""
+    tail = b""
 
     def emit(data: bytes, start: int) -> None:
         for stage in stages[start:]:
@@ -176,10 +178,11 @@ def pump(
     for data in chunks:
         if len(head) < 16:
             head += data[: 16 - len(head)]
+        tail = (tail + data[-64:])[-64:]
         raw.update(data)
         emit(data, 0)
         if progress is not None:
             progress(raw.size)
     for i, stage in enumerate(stages):
         emit(stage.finish(), i + 1)
-    return StreamResult(raw_size=raw.size, raw_sha256=raw.sha256, size=out.size, sha256=out.sha256, head=head)
+    return StreamResult(raw_size=raw.size, raw_sha256=raw.sha256, size=out.size, sha256=out.sha256, head=head, tail=tail)
