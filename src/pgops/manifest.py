@@ -20,7 +20,7 @@ import logging
 import secrets
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from pgops.errors import BackupNotFound, IntegrityError, ObjectNotFound
 from pgops.storage.base import Storage
@@ -38,7 +38,8 @@ _SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
 
 def database_key(name: str) -> str:
-    return "".join(c if c in _SAFE else quote(c, safe="") for c in name) or "%00"
+    """Percent-encode every UTF-8 byte outside [A-Za-z0-9_-] ('.' included, so '..' cannot escape)."""
+    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
 
 
 def database_from_key(key: str) -> str:

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from pgops.errors import IntegrityError
+from pgops.pg import split_guc_list
+from pgops.pipeline import compressor, decompressor, pump
+
+
+@pytest.mark.parametrize("algorithm", ["zstd", "gzip", "none"])
+def test_compress_then_decompress_round_trip(algorithm: str) -> None:
+    data = [os.urandom(100_000) + b"x" * 200_000 for _ in range(5)]
+    stored = bytearray()
+    res = pump(iter(data), [compressor(algorithm, 1 if algorithm != "none" else 0, 2)], stored.extend)
+    assert res.raw_size == sum(map(len, data)) and res.size == len(stored)
+    assert res.sha256 == hashlib.sha256(stored).hexdigest()
+    assert res.raw_sha256 == hashlib.sha256(b"".join(data)).hexdigest()
+    assert res.tail == b"".join(data)[-64:]
+    out = bytearray()
+    pump(iter([bytes(stored[i : i + 7000]) for i in range(0, len(stored), 7000)]), [decompressor(algorithm)], out.extend)
+    assert bytes(out) == b"".join(data)
+
+
+@pytest.mark.parametrize("algorithm", ["zstd", "gzip"])
+def test_corrupt_or_truncated_compressed_stream_is_an_integrity_error(algorithm: str) -> None:
+    stored = bytearray()
+    pump(iter([os.urandom(50_000) * 4]), [compressor(algorithm, 3, 1)], stored.extend)
+    flipped = bytearray(stored)
+    flipped[len(flipped) // 2] ^= 0xFF
+    with pytest.raises(IntegrityError):
+        pump(iter([bytes(flipped)]), [decompressor(algorithm)], lambda b: None)
+    if algorithm == "gzip":
+        with pytest.raises(IntegrityError, match="truncated"):
+            pump(iter([bytes(stored[:-100])]), [decompressor(algorithm)], lambda b: None)
+
+
+@pytest.mark.parametrize(
+    ("value", "items"),
+    [
+        ('"$user", public', ["$user", "public"]),
+        ('"MiXeD", public, "Sales Dept"', ["MiXeD", "public", "Sales Dept"]),
+        ('"with ""quote"""', ['with "quote"']),
+        ("a", ["a"]),
+        ("", []),
+    ],
+)
+def test_split_guc_list(value: str, items: list[str]) -> None:
+    assert split_guc_list(value) == items
