@@ -11,8 +11,8 @@ setup:
 	./scripts/bootstrap.sh
 
 lint: setup
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/yamllint -s .
 	@if [ -d roles ]; then $(BIN)/ansible-lint --profile production; fi

@@ -15,11 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fixtures.pg import free_port, make_tricky_database, running_cluster  # noqa: E402
+from tests.fixtures.pg import free_port, make_tricky_database, running_cluster
 
 
 def pgops(args: list[str], env: dict[str, str]) -> str:
-    result = subprocess.run([sys.executable, "-m", "pgops", *args], env=env, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pgops", *args], env=env, capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         sys.stderr.write(result.stderr)
         raise SystemExit(f"demo: pgops {' '.join(args)} failed with exit code {result.returncode}")
@@ -39,8 +41,12 @@ def main() -> None:
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     bucket = "pgops-demo"
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="demo", aws_secret_access_key="demo",
-                      region_name="us-east-1")  # fmt: skip
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="demo",
+        aws_secret_access_key="demo",  # noqa: S106 - the emulator's dummy key region_name="us-east-1"
+    )
     s3.create_bucket(Bucket=bucket)
     try:
         with running_cluster() as pg, tempfile.TemporaryDirectory(prefix="pgops-demo-") as tmp:
@@ -71,7 +77,10 @@ def main() -> None:
             print()
             print("demo summary")
             print("  built:     a throwaway PostgreSQL cluster with database 'shop' (pgbench + tricky names)")
-            print(f"  backup:    {len(backups)} backups (globals + each database) in s3://{bucket}/demo/ in {backup_s:.1f}s")
+            print(
+                f"  backup:    {len(backups)} backups (globals + each database) "
+                f"in s3://{bucket}/demo/ in {backup_s:.1f}s"
+            )
             print(f"             shop -> {shop['objects'][0]['key']} ({shop['objects'][0]['size']} bytes, zstd)")
             print(f"  restore:   shop -> shop_restored in {restore_s:.1f}s")
             print(f"  verified:  schema+data dump of the restore {'MATCHES' if same else 'DIFFERS FROM'} the source")

@@ -148,7 +148,7 @@ def _stream_dump(
         raise
     if info.size != result.size:
         raise IntegrityError(f"{what}: storage reports {info.size} bytes for {key}, we sent {result.size}")
-    obj = StoredObject(
+    return StoredObject(
         key=key,
         role="dump",
         size=result.size,
@@ -156,7 +156,6 @@ def _stream_dump(
         raw_size=result.raw_size,
         raw_sha256=result.raw_sha256,
     )
-    return obj
 
 
 def _write_manifest(ctx: RunContext, m: Manifest) -> Manifest:
@@ -206,8 +205,13 @@ def backup_database(
     m = _write_manifest(ctx, m)
     log.info(
         "event=backup_done database=%s id=%s bytes=%d raw_bytes=%d seconds=%.2f key=%s",
-        q(database), m.id, obj.size, obj.raw_size, m.duration, q(obj.key),
-    )  # fmt: skip
+        q(database),
+        m.id,
+        obj.size,
+        obj.raw_size,
+        m.duration,
+        q(obj.key),
+    )
     return m
 
 
@@ -253,8 +257,13 @@ def run_backup(settings: Settings, storage: Storage, *, progress: Progress | Non
         ctx = RunContext.open(settings, storage)
         databases = resolve_databases(ctx.conn, settings.databases, settings.exclude_databases)
         report = BackupReport(ctx.backup_id)
-        log.info("event=run_start id=%s target=%s databases=%d storage=%s", ctx.backup_id, q(settings.target),
-                 len(databases), q(storage.url))  # fmt: skip
+        log.info(
+            "event=run_start id=%s target=%s databases=%d storage=%s",
+            ctx.backup_id,
+            q(settings.target),
+            len(databases),
+            q(storage.url),
+        )
         units: list[tuple[str, Callable[[], Manifest]]] = []
         if settings.globals:
             units.append(("@globals", lambda: backup_globals(ctx, progress)))

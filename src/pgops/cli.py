@@ -103,8 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--all-targets", action="store_true", help="every target under the storage prefix")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
-    r = sub.add_parser("restore", help="restore a backup into a new (or, with --replace, the same) database",
-                       epilog=EXIT_CODES_HELP, formatter_class=fmt)  # fmt: skip
+    r = sub.add_parser(
+        "restore",
+        help="restore a backup into a new (or, with --replace, the same) database",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
     _common(r)
     r.add_argument("--database", required=True, help="database name as recorded in the backup")
     which = r.add_mutually_exclusive_group()
@@ -120,8 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-acl", action="store_true", help="do not restore grants")
     r.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
-    c = sub.add_parser("check", help="validate settings and prove the store is reachable and writable",
-                       epilog=EXIT_CODES_HELP, formatter_class=fmt)  # fmt: skip
+    c = sub.add_parser(
+        "check",
+        help="validate settings and prove the store is reachable and writable",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
     _common(c)
     return parser
 
@@ -183,10 +191,18 @@ def cmd_restore(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     except ValueError:
         raise ConfigError(f"--before={ns.before!r} is not a time; valid: ISO 8601 like 2026-11-20T02:00:00Z") from None
     req = RestoreRequest(
-        database=ns.database, target_db=ns.target_db, backup_id=ns.backup_id, before=before,
-        source_target=ns.from_target, replace=ns.replace, jobs=ns.jobs, spool_dir=ns.spool_dir,
-        with_globals=ns.with_globals, no_owner=ns.no_owner, no_acl=ns.no_acl,
-    )  # fmt: skip
+        database=ns.database,
+        target_db=ns.target_db,
+        backup_id=ns.backup_id,
+        before=before,
+        source_target=ns.from_target,
+        replace=ns.replace,
+        jobs=ns.jobs,
+        spool_dir=ns.spool_dir,
+        with_globals=ns.with_globals,
+        no_owner=ns.no_owner,
+        no_acl=ns.no_acl,
+    )
     storage = open_storage(settings)
     _, m = choose_backup(storage, settings, req)
     progress = Progress("restore", m.object("dump").size)
@@ -196,11 +212,14 @@ def cmd_restore(settings: Settings, ns: argparse.Namespace) -> ExitCode:
         progress.close()
     if ns.json:
         out = {
-            "database": report.database, "backup_id": report.manifest.id, "seconds": round(report.seconds, 3),
-            "bytes": report.bytes, "previous_renamed_to": report.previous_renamed_to,
+            "database": report.database,
+            "backup_id": report.manifest.id,
+            "seconds": round(report.seconds, 3),
+            "bytes": report.bytes,
+            "previous_renamed_to": report.previous_renamed_to,
             "safety_backup_id": report.safety_backup.id if report.safety_backup else None,
             "warnings": list(report.warnings),
-        }  # fmt: skip
+        }
         json.dump(out, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
     for w in report.warnings:
@@ -241,8 +260,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         pglog.configure(settings.log_format, settings.log_level)
         return int(COMMANDS[ns.command](settings, ns))
     except PgOpsError as e:
-        log.error("event=failed command=%s exit=%d error_type=%s error=%s", ns.command, int(e.exit_code),
-                  type(e).__name__, pglog.q(e))  # fmt: skip
+        log.error(
+            "event=failed command=%s exit=%d error_type=%s error=%s",
+            ns.command,
+            int(e.exit_code),
+            type(e).__name__,
+            pglog.q(e),
+        )
         return int(e.exit_code)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)

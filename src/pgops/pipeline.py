@@ -185,4 +185,6 @@ def pump(
             progress(raw.size)
     for i, stage in enumerate(stages):
         emit(stage.finish(), i + 1)
-    return StreamResult(raw_size=raw.size, raw_sha256=raw.sha256, size=out.size, sha256=out.sha256, head=head, tail=tail)
+    return StreamResult(
+        raw_size=raw.size, raw_sha256=raw.sha256, size=out.size, sha256=out.sha256, head=head, tail=tail
+    )

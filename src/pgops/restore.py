@@ -124,8 +124,9 @@ def _stages(m: Manifest, obj: StoredObject) -> tuple[_Verifier, list[Transform]]
     return verifier, [verifier, decompressor(m.compression["algorithm"])]
 
 
-def download_verified(storage: Storage, m: Manifest, obj: StoredObject, sink: Callable[[bytes], object],
-                      progress: Progress | None = None) -> None:  # fmt: skip
+def download_verified(
+    storage: Storage, m: Manifest, obj: StoredObject, sink: Callable[[bytes], object], progress: Progress | None = None
+) -> None:
     """Stream an object through sha256 and decompression into `sink`; raise IntegrityError on mismatch."""
     verifier, stages = _stages(m, obj)
     reader = storage.open_reader(obj.key)
@@ -203,8 +204,9 @@ def _pg_restore_argv(bindir: Path, conn: PgConn, db: str, req: RestoreRequest) -
     return argv
 
 
-def _restore_streaming(storage: Storage, m: Manifest, argv: list[str], env: dict[str, str],
-                       progress: Progress | None) -> None:  # fmt: skip
+def _restore_streaming(
+    storage: Storage, m: Manifest, argv: list[str], env: dict[str, str], progress: Progress | None
+) -> None:
     obj = m.object("dump")
     with running([*argv, "--format=custom"], env=env, stdin=subprocess.PIPE) as child:
         assert child.proc.stdin is not None
@@ -216,8 +218,16 @@ def _restore_streaming(storage: Storage, m: Manifest, argv: list[str], env: dict
         child.check(f"pg_restore of backup {m.id}")
 
 
-def _restore_parallel(storage: Storage, m: Manifest, argv: list[str], env: dict[str, str], *, jobs: int,
-                      spool_dir: str, progress: Progress | None) -> None:  # fmt: skip
+def _restore_parallel(
+    storage: Storage,
+    m: Manifest,
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    jobs: int,
+    spool_dir: str,
+    progress: Progress | None,
+) -> None:
     obj = m.object("dump")
     directory = Path(spool_dir)
     if not directory.is_dir():

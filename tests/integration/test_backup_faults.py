@@ -98,7 +98,7 @@ def _fake_bindir(tmp: Path, pg: Cluster, body: str) -> Path:
     d = tmp / "fakebin"
     d.mkdir(exist_ok=True)
     script = d / "pg_dump"
-    script.write_text(f"#!/bin/sh\nif [ \"$1\" = --version ]; then exec {pg.bindir}/pg_dump --version; fi\n{body}\n")
+    script.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then exec {pg.bindir}/pg_dump --version; fi\n{body}\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return d
 
@@ -107,8 +107,8 @@ def _fake_bindir(tmp: Path, pg: Cluster, body: str) -> Path:
     "body",
     [
         "exit 0",  # empty output, exit 0
-        "{bindir}/pg_dump \"$@\" | head -c 300000; exit 0",  # truncated mid-data, exit 0
-        "{bindir}/pg_dump \"$@\"; exit 3",  # complete output, but pg_dump reports failure
+        '{bindir}/pg_dump "$@" | head -c 300000; exit 0',  # truncated mid-data, exit 0
+        '{bindir}/pg_dump "$@"; exit 3',  # complete output, but pg_dump reports failure
     ],
     ids=["empty", "truncated", "nonzero-exit"],
 )

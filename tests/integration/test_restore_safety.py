@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -24,11 +25,14 @@ def backups(engine: Engine, *extra: str) -> list[dict[str, object]]:
 
 
 @pytest.fixture
-def small_db(pg: Cluster, request: pytest.FixtureRequest) -> str:
+def small_db(pg: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"small_{request.node.callspec.id if hasattr(request.node, 'callspec') else 'x'}".replace("-", "_")
     pg.drop_database(name)
     pg.create_database(name)
-    pg.execute(name, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 1000) i")
+    pg.execute(
+        name,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 1000) i",
+    )
     yield name
     for d in pg.databases():
         if d.startswith(name):
@@ -128,16 +132,25 @@ def test_before_picks_latest_backup_started_at_or_before(engine: Engine, pg: Clu
     first = backups(engine)[0]
     time.sleep(1.1)
     engine.run(["backup", "--databases", small_db, "--no-globals"], check=True)
-    result = engine.run(["restore", "--database", small_db, "--target-db", small_db + "_pit", "--before",
-                         str(first["finished_at"]), "--json"], check=True)  # fmt: skip
+    result = engine.run(
+        [
+            "restore",
+            "--database",
+            small_db,
+            "--target-db",
+            small_db + "_pit",
+            "--before",
+            str(first["finished_at"]),
+            "--json",
+        ],
+        check=True,
+    )
     assert json.loads(result.stdout)["backup_id"] == first["id"]
     none = engine.run(["restore", "--database", small_db, "--before", "2001-01-01T00:00:00Z"])
     assert none.returncode == ExitCode.NOT_FOUND
 
 
-def test_disaster_recovery_onto_fresh_server_with_globals(
-    engine: Engine, pg: Cluster, fresh_server: Cluster
-) -> None:
+def test_disaster_recovery_onto_fresh_server_with_globals(engine: Engine, pg: Cluster, fresh_server: Cluster) -> None:
     """A brand-new server (no roles, no databases) gets the same roles, grants and data from the store alone."""
     source = "dr_source"
     if source not in pg.databases():

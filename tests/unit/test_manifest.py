@@ -13,13 +13,23 @@ from pgops.storage.base import ObjectInfo
 
 def make(id_: str, started: dt.datetime, database: str | None = "app", status: str = "ok") -> Manifest:
     return Manifest(
-        id=id_, kind="database" if database else "globals", target="h", database=database, status=status,
-        started_at=started, finished_at=started + dt.timedelta(seconds=5),
-        objects=(StoredObject("k", "dump", 10, "a" * 64, 20, "b" * 64),), server_version="15.1",
-        server_version_num=150001, tool_version="pg_dump 15", dump_format="custom",
-        compression={"algorithm": "zstd", "level": 3, "threads": 0}, encryption={"algorithm": "none"},
-        host="h", engine_version="0.1.0",
-    )  # fmt: skip
+        id=id_,
+        kind="database" if database else "globals",
+        target="h",
+        database=database,
+        status=status,
+        started_at=started,
+        finished_at=started + dt.timedelta(seconds=5),
+        objects=(StoredObject("k", "dump", 10, "a" * 64, 20, "b" * 64),),
+        server_version="15.1",
+        server_version_num=150001,
+        tool_version="pg_dump 15",
+        dump_format="custom",
+        compression={"algorithm": "zstd", "level": 3, "threads": 0},
+        encryption={"algorithm": "none"},
+        host="h",
+        engine_version="0.1.0",
+    )
 
 
 @pytest.mark.parametrize("name", ["app", 'we"ird', "with space", "../etc", "a/b", "☃", "@globals", ".", "Mixed"])

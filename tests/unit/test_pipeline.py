@@ -20,7 +20,9 @@ def test_compress_then_decompress_round_trip(algorithm: str) -> None:
     assert res.raw_sha256 == hashlib.sha256(b"".join(data)).hexdigest()
     assert res.tail == b"".join(data)[-64:]
     out = bytearray()
-    pump(iter([bytes(stored[i : i + 7000]) for i in range(0, len(stored), 7000)]), [decompressor(algorithm)], out.extend)
+    pump(
+        iter([bytes(stored[i : i + 7000]) for i in range(0, len(stored), 7000)]), [decompressor(algorithm)], out.extend
+    )
     assert bytes(out) == b"".join(data)
 
 

@@ -44,8 +44,15 @@ def test_bad_input_names_the_key_and_valid_values(env: dict[str, str], needle: s
 
 
 def test_secrets_never_in_repr_str_or_redacted() -> None:
-    s = build_settings({}, {**BASE, "PGOPS_PG_PASSWORD": "hunter2-pw", "PGOPS_S3_ACCESS_KEY_ID": "AKIA1",
-                             "PGOPS_S3_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-secret"})  # fmt: skip
+    s = build_settings(
+        {},
+        {
+            **BASE,
+            "PGOPS_PG_PASSWORD": "hunter2-pw",
+            "PGOPS_S3_ACCESS_KEY_ID": "AKIA1",
+            "PGOPS_S3_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-secret",
+        },
+    )
     for text in (repr(s), str(s), str(s.redacted()), repr(s.pg_password), f"{s.s3_secret_access_key}"):
         assert "hunter2-pw" not in text and "wJalrXUtnFEMI-secret" not in text
     assert s.pg_password.reveal() == "hunter2-pw"
