@@ -1,0 +1,82 @@
+"""CLI behaviour: progress on a terminal vs log lines, JSON logs, documented exit codes, check."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+
+from pgops.errors import ExitCode
+from tests.fixtures.engine import PGOPS, Engine, _child_env
+from tests.fixtures.pg import Cluster
+
+
+def _small(pg: Cluster) -> str:
+    name = "cli_small"
+    if name not in pg.databases():
+        pg.create_database(name)
+        pg.execute(name, "CREATE TABLE t AS SELECT i, md5(i::text) FROM generate_series(1, 50000) i")
+    return name
+
+
+def test_restore_shows_progress_bar_on_terminal_and_log_lines_otherwise(engine: Engine, pg: Cluster) -> None:
+    db = _small(pg)
+    engine.run(["backup", "--databases", db, "--no-globals"], check=True)
+    try:
+        plain = engine.run(["restore", "--database", db, "--target-db", "cli_plain"], check=True)
+        assert "event=progress what=restore" in plain.stderr and "percent=100" in plain.stderr
+        assert "\r" not in plain.stderr
+
+        primary, replica = pty.openpty()
+        proc = subprocess.Popen(
+            [*PGOPS, "restore", "--database", db, "--target-db", "cli_tty"],
+            env=_child_env(engine.env),
+            stderr=replica,
+            stdout=subprocess.DEVNULL,
+        )
+        os.close(replica)
+        chunks = []
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=120) == 0
+        out = b"".join(chunks).decode()
+        assert "\rrestore [" in out and "100%" in out
+        assert "event=progress" not in out
+    finally:
+        pg.drop_database("cli_plain")
+        pg.drop_database("cli_tty")
+
+
+def test_json_logs_are_one_object_per_line(engine: Engine, pg: Cluster) -> None:
+    db = _small(pg)
+    result = engine.run(["backup", "--databases", db, "--log-format", "json"], check=True)
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    events = [line["event"] for line in lines]
+    assert "run_start" in events and events.count("backup_done") == 2  # globals + the database
+    done = next(line for line in lines if line["event"] == "backup_done" and line["database"] == db)
+    assert int(done["bytes"]) > 0 and done["level"] == "info"
+
+
+def test_help_documents_every_exit_code() -> None:
+    out = subprocess.run([*PGOPS, "--help"], capture_output=True, text=True, check=True).stdout
+    for code in ExitCode:
+        assert f"{code.value:<4} {code.name.lower()}" in out
+    sub = subprocess.run([*PGOPS, "backup", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "lock_held" in sub
+
+
+def test_check_passes_and_missing_bucket_fails_fast(engine: Engine) -> None:
+    assert engine.run(["check"]).returncode == 0
+    if engine.backend != "s3":
+        return
+    missing = engine.run(["backup"], extra={"PGOPS_STORAGE_URL": "s3://pgops-no-such-bucket/x"})
+    assert missing.returncode == ExitCode.STORAGE
+    errors = [line for line in missing.stderr.splitlines() if "level=error" in line]
+    assert len(errors) == 1 and "PGOPS_STORAGE_URL" in errors[0]
