@@ -11,6 +11,7 @@ dump never has a manifest and is never counted as a backup.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import socket
 import subprocess
@@ -158,9 +159,49 @@ def _stream_dump(
     )
 
 
-def _write_manifest(ctx: RunContext, m: Manifest) -> Manifest:
+def _commit(
+    ctx: RunContext,
+    *,
+    database: str | None,
+    started: dt.datetime,
+    obj: StoredObject,
+    tool: str,
+    dump_format: str,
+    props: dict[str, Any] | None = None,
+    reason: str = "scheduled",
+) -> Manifest:
+    """Write the manifest, last: from now on the backup exists."""
+    m = Manifest(
+        id=ctx.backup_id,
+        kind=KIND_DATABASE if database is not None else KIND_GLOBALS,
+        target=ctx.settings.target,
+        database=database,
+        status=STATUS_OK,
+        started_at=started,
+        finished_at=utcnow(),
+        objects=(obj,),
+        server_version=ctx.server.version,
+        server_version_num=ctx.server.version_num,
+        tool_version=tool,
+        dump_format=dump_format,
+        compression=ctx.compression_info(),
+        encryption={"algorithm": "none"},
+        host=socket.gethostname(),
+        engine_version=__version__,
+        database_properties=props or {},
+        reason=reason,
+    )
     key = manifest_key(m.target, m.database, m.id)
     ctx.storage.put_bytes(key, m.dumps(), WriteOptions(content_type="application/json"))
+    log.info(
+        "event=backup_done database=%s id=%s bytes=%d raw_bytes=%d seconds=%.2f key=%s",
+        q(database or "@globals"),
+        m.id,
+        obj.size,
+        obj.raw_size,
+        m.duration,
+        q(obj.key),
+    )
     return dataclasses.replace(m, key=key)
 
 
@@ -170,85 +211,39 @@ def backup_database(
     started = utcnow()
     with ctx.conn.connect("postgres") as c:
         props = database_properties(c, database)
-    target = ctx.settings.target
-    key = f"{target}/{database_key(database)}/{ctx.backup_id}/dump.pgc{EXTENSIONS[ctx.settings.compression]}"
-    argv = [
-        str(ctx.bindir / "pg_dump"),
-        "--format=custom",
-        "--compress=0",
-        "--no-password",
-        "--dbname",
-        ctx.conn.for_db(database),
-    ]
+    key = (
+        f"{ctx.settings.target}/{database_key(database)}/{ctx.backup_id}/dump.pgc{EXTENSIONS[ctx.settings.compression]}"
+    )
+    argv = [str(ctx.bindir / "pg_dump"), "--format=custom", "--compress=0", "--no-password"]
+    argv += ["--dbname", ctx.conn.for_db(database)]
     log.info("event=backup_start database=%s id=%s", q(database), ctx.backup_id)
     obj = _stream_dump(ctx, argv, key, f"pg_dump of {database!r}", progress, custom=True)
-    m = Manifest(
-        id=ctx.backup_id,
-        kind=KIND_DATABASE,
-        target=target,
+    return _commit(
+        ctx,
         database=database,
-        status=STATUS_OK,
-        started_at=started,
-        finished_at=utcnow(),
-        objects=(obj,),
-        server_version=ctx.server.version,
-        server_version_num=ctx.server.version_num,
-        tool_version=ctx.pg_dump_version,
+        started=started,
+        obj=obj,
+        tool=ctx.pg_dump_version,
         dump_format="custom",
-        compression=ctx.compression_info(),
-        encryption={"algorithm": "none"},
-        host=socket.gethostname(),
-        engine_version=__version__,
-        database_properties=props,
+        props=props,
         reason=reason,
     )
-    m = _write_manifest(ctx, m)
-    log.info(
-        "event=backup_done database=%s id=%s bytes=%d raw_bytes=%d seconds=%.2f key=%s",
-        q(database),
-        m.id,
-        obj.size,
-        obj.raw_size,
-        m.duration,
-        q(obj.key),
-    )
-    return m
 
 
 def backup_globals(ctx: RunContext, progress: Progress | None = None) -> Manifest:
     started = utcnow()
-    target = ctx.settings.target
-    key = f"{target}/@globals/{ctx.backup_id}/globals.sql{EXTENSIONS[ctx.settings.compression]}"
-    argv = [
-        str(ctx.bindir / "pg_dumpall"),
-        "--globals-only",
-        "--no-password",
-        "--dbname",
-        ctx.conn.for_db("postgres"),
-    ]
+    key = f"{ctx.settings.target}/@globals/{ctx.backup_id}/globals.sql{EXTENSIONS[ctx.settings.compression]}"
+    argv = [str(ctx.bindir / "pg_dumpall"), "--globals-only", "--no-password", "--dbname", ctx.conn.for_db("postgres")]
     log.info("event=backup_start database=@globals id=%s", ctx.backup_id)
     obj = _stream_dump(ctx, argv, key, "pg_dumpall --globals-only", progress, custom=False)
-    m = Manifest(
-        id=ctx.backup_id,
-        kind=KIND_GLOBALS,
-        target=target,
+    return _commit(
+        ctx,
         database=None,
-        status=STATUS_OK,
-        started_at=started,
-        finished_at=utcnow(),
-        objects=(dataclasses.replace(obj, role="globals"),),
-        server_version=ctx.server.version,
-        server_version_num=ctx.server.version_num,
-        tool_version=tool_version(ctx.bindir, "pg_dumpall"),
+        started=started,
+        obj=dataclasses.replace(obj, role="globals"),
+        tool=tool_version(ctx.bindir, "pg_dumpall"),
         dump_format="plain",
-        compression=ctx.compression_info(),
-        encryption={"algorithm": "none"},
-        host=socket.gethostname(),
-        engine_version=__version__,
     )
-    m = _write_manifest(ctx, m)
-    log.info("event=backup_done database=@globals id=%s bytes=%d seconds=%.2f", m.id, obj.size, m.duration)
-    return m
 
 
 def run_backup(settings: Settings, storage: Storage, *, progress: Progress | None = None) -> BackupReport:
