@@ -1,0 +1,298 @@
+"""S3 and S3-compatible stores (s3://bucket/prefix).
+
+boto3 is imported lazily (s3_client.py), so importing pgops never loads a cloud SDK. Streaming writes
+are multipart uploads (s3_multipart.py); error mapping and retries are in s3_errors.py.
+
+Every write carries S3_STORAGE_CLASS and S3_SSE / S3_SSE_KMS_KEY_ID, and a Content-MD5 (which Object
+Lock buckets require, and which makes the store verify every part). Reads resume after a dropped
+connection with a Range request pinned to the object's ETag.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from pgops.errors import ObjectLocked, StorageError
+from pgops.storage.base import ObjectInfo, WriteOptions
+from pgops.storage.keys import validate_key, validate_prefix
+from pgops.storage.s3_client import ClientSpec, build_client
+from pgops.storage.s3_errors import (
+    RetryPolicy,
+    S3Context,
+    backoff_delay,
+    http_status,
+    is_not_found,
+    is_precondition_failed,
+    is_retryable,
+    sdk_errors,
+    translate,
+)
+from pgops.storage.s3_multipart import S3Writer, WriterConfig
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import GetObjectOutputTypeDef
+
+    from pgops.settings import Settings
+
+T = TypeVar("T")
+
+CHECK_DIR = ".pgops-check"  # check() writes and deletes one probe object under <prefix>/.pgops-check/
+
+
+class _Truncated(Exception):
+    """The body ended before Content-Length bytes arrived."""
+
+
+class S3Reader:
+    """get_object's streaming body; on a dropped connection it resumes from the current offset."""
+
+    def __init__(self, client: S3Client, ctx: S3Context, key: str, retry: RetryPolicy) -> None:
+        self._client, self._ctx, self._key, self._retry = client, ctx, key, retry
+        self._pos = 0
+        self._etag = ""
+        resp = self._get(0)
+        self._etag = str(resp["ETag"])
+        self._length = int(resp["ContentLength"])
+        self._body = resp["Body"]
+        self._closed = False
+
+    def _get(self, start: int) -> GetObjectOutputTypeDef:
+        kwargs: dict[str, Any] = {"Bucket": self._ctx.bucket, "Key": self._ctx.prefix + self._key}
+        if start:
+            kwargs["Range"] = f"bytes={start}-"
+            kwargs["IfMatch"] = self._etag
+        try:
+            return self._retry.call(lambda: self._client.get_object(**kwargs), f"GetObject {self._key}")
+        except Exception as e:
+            if start and is_precondition_failed(e):
+                raise StorageError(f"{self._ctx.target(self._key)} changed while it was being read") from None
+            raise translate(e, self._ctx, "GetObject", self._key) from e
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._closed:
+            raise StorageError(f"reader for {self._key!r} is closed")
+        attempt = 1
+        while True:
+            if self._pos >= self._length or size == 0:
+                return b""
+            try:
+                data = self._body.read(None if size < 0 else size)
+                if not data:
+                    raise _Truncated
+            except Exception as e:
+                if not (isinstance(e, _Truncated) or is_retryable(e)) or attempt >= self._retry.attempts:
+                    if isinstance(e, _Truncated):
+                        raise StorageError(
+                            f"{self._ctx.target(self._key)} ended after {self._pos} of {self._length} bytes; "
+                            "check PGOPS_S3_ENDPOINT_URL and the network"
+                        ) from None
+                    raise translate(e, self._ctx, "GetObject (reading)", self._key) from e
+                self._body.close()
+                threading.Event().wait(backoff_delay(attempt, self._retry.base_delay, self._retry.max_delay))
+                self._body = self._get(self._pos)["Body"]
+                attempt += 1
+                continue
+            self._pos += len(data)
+            return data
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._body.close()
+
+
+class S3Storage:
+    def __init__(
+        self,
+        url: str,
+        client: S3Client,
+        spec: ClientSpec,
+        *,
+        part_size: int,
+        conditional_writes: bool = True,
+        storage_class: str = "",
+        sse: str = "none",
+        sse_kms_key_id: str = "",
+    ) -> None:
+        bucket, prefix = parse_s3_url(url)
+        self.bucket = bucket
+        self.prefix = prefix
+        self.url = f"s3://{bucket}/{prefix.rstrip('/')}" if prefix else f"s3://{bucket}"
+        self.client = client
+        self.spec = spec
+        endpoint = spec.endpoint_url or f"the AWS endpoint for region {spec.region}"
+        self.ctx = S3Context(url=self.url, bucket=bucket, prefix=prefix, endpoint=endpoint)
+        self.retry = RetryPolicy(attempts=spec.max_attempts)
+        extra: dict[str, str] = {}
+        if storage_class:
+            extra["StorageClass"] = storage_class
+        if sse == "aes256":
+            extra["ServerSideEncryption"] = "AES256"
+        elif sse == "aws:kms":
+            extra["ServerSideEncryption"] = "aws:kms"
+            if sse_kms_key_id:
+                extra["SSEKMSKeyId"] = sse_kms_key_id
+        self.write_args = extra
+        self.conditional_writes = conditional_writes
+        self.part_size = part_size
+
+    @classmethod
+    def from_settings(cls, url: str, settings: Settings) -> S3Storage:
+        parse_s3_url(url)  # fail on a bad URL before building a client
+        client, spec = build_client(settings)
+        return cls(
+            url,
+            client,
+            spec,
+            part_size=settings.s3_part_size,
+            conditional_writes=settings.s3_conditional_writes,
+            storage_class=settings.s3_storage_class,
+            sse=settings.s3_sse,
+            sse_kms_key_id=settings.s3_sse_kms_key_id,
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Storage(url={self.url!r}, endpoint={self.ctx.endpoint!r})"
+
+    __str__ = __repr__
+
+    # ---- helpers ----------------------------------------------------------------------------------
+
+    def _call(self, op: str, key: str | None, fn: Callable[[], T]) -> T:
+        try:
+            return self.retry.call(fn, f"{op} {key or self.bucket}")
+        except Exception as e:
+            raise translate(e, self.ctx, op, key) from e
+
+    def _writer_config(self) -> WriterConfig:
+        return WriterConfig(
+            client=self.client,
+            ctx=self.ctx,
+            part_size=self.part_size,
+            retry=self.retry,
+            conditional_writes=self.conditional_writes,
+            extra_args=self.write_args,
+        )
+
+    # ---- Storage ------------------------------------------------------------------------------------
+
+    def open_writer(self, key: str, options: WriteOptions | None = None) -> S3Writer:
+        return S3Writer(self._writer_config(), validate_key(key), options or WriteOptions())
+
+    def open_reader(self, key: str) -> S3Reader:
+        return S3Reader(self.client, self.ctx, validate_key(key), self.retry)
+
+    def put_bytes(self, key: str, data: bytes, options: WriteOptions | None = None) -> ObjectInfo:
+        writer = self.open_writer(key, options)
+        try:
+            writer.write(data)
+            return writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        reader = self.open_reader(key)
+        try:
+            return reader.read()
+        finally:
+            reader.close()
+
+    def exists(self, key: str) -> bool:
+        full = self.prefix + validate_key(key)
+        try:
+            self.retry.call(lambda: self.client.head_object(Bucket=self.bucket, Key=full), f"HeadObject {key}")
+        except Exception as e:
+            if is_not_found(e):
+                return False
+            raise translate(e, self.ctx, "HeadObject", key) from e
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects under the storage prefix whose relative key starts with `prefix`.
+
+        Skips "directory" placeholder keys (ending in '/') and check()'s probe objects.
+        """
+        full_prefix = self.prefix + validate_prefix(prefix)
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(self.prefix) :]
+                    if not key or key.endswith("/") or key.startswith(CHECK_DIR + "/"):
+                        continue
+                    yield ObjectInfo(key=key, size=int(obj["Size"]), modified=obj["LastModified"].astimezone(dt.UTC))
+        except StorageError:
+            raise
+        except Exception as e:
+            raise translate(e, self.ctx, "ListObjectsV2", None) from e
+
+    def delete(self, key: str) -> None:
+        """Delete one object; ObjectNotFound if absent, ObjectLocked if Object Lock protects it.
+
+        Object Lock is detected two ways. First, a HEAD: if it reports a legal hold ON, or a retention
+        mode whose retain-until date is in the future, we refuse with ObjectLocked and delete nothing
+        (S3 returns these fields only with s3:GetObjectRetention / s3:GetObjectLegalHold). Second, if
+        the store refuses the delete itself, the error is mapped by `s3_errors.is_lock_refusal`
+        (code ObjectLocked, or AccessDenied/InvalidRequest whose message mentions object lock,
+        retention or legal hold).
+
+        Object Lock implies a versioned bucket. There, and in any versioned bucket, this plain delete
+        (no VersionId) only adds a delete marker: the object disappears from listings, but its data
+        stays as a noncurrent version until a lifecycle rule or a version-specific delete removes it.
+        """
+        full = self.prefix + validate_key(key)
+        head = self._call("HeadObject", key, lambda: self.client.head_object(Bucket=self.bucket, Key=full))
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            raise ObjectLocked(f"{self.ctx.target(key)} is under an Object Lock legal hold; not deleted")
+        mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
+        if mode and until is not None and until > dt.datetime.now(dt.UTC):
+            raise ObjectLocked(
+                f"{self.ctx.target(key)} is retained by Object Lock ({mode}) until "
+                f"{until.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}; not deleted"
+            )
+        self._call("DeleteObject", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=full))
+
+    def check(self) -> None:
+        """HeadBucket, then write and delete a probe object under <prefix>/.pgops-check/.
+
+        Each failure becomes one StorageError naming the setting to fix. In a versioned bucket the
+        probe's delete leaves a (tiny) noncurrent version behind, see delete().
+        """
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except sdk_errors() as e:
+            if http_status(e) != 403:
+                raise translate(e, self.ctx, "check (HeadBucket)", None) from None
+            # A HEAD response has no body, so 403 does not say why: ask again with a request that does.
+            try:
+                self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+            except sdk_errors() as e2:
+                raise translate(e2, self.ctx, "check (ListObjectsV2)", None) from None
+            raise translate(e, self.ctx, "check (HeadBucket)", None) from None
+        probe = f"{CHECK_DIR}/{secrets.token_hex(8)}"
+        self.put_bytes(probe, b"pgops storage check\n", WriteOptions(content_type="text/plain"))
+        full = self.prefix + probe
+        self._call("DeleteObject", probe, lambda: self.client.delete_object(Bucket=self.bucket, Key=full))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """s3://bucket/some/prefix -> ("bucket", "some/prefix/"); s3://bucket -> ("bucket", "")."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() != "s3" or not parts.netloc:
+        raise StorageError(f"PGOPS_STORAGE_URL={url!r} is not an S3 URL; valid form: s3://bucket/prefix")
+    if "@" in parts.netloc:
+        raise StorageError("PGOPS_STORAGE_URL: credentials do not belong in the URL; use PGOPS_S3_ACCESS_KEY_ID")
+    prefix = parts.path.strip("/")
+    if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
+        raise StorageError(f"PGOPS_STORAGE_URL={url!r}: the prefix must not contain empty, '.' or '..' parts")
+    return parts.netloc, prefix + "/" if prefix else ""

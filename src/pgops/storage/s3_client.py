@@ -1,0 +1,98 @@
+"""Building the boto3 S3 client from Settings. boto3 is imported here, lazily, and nowhere at import time."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, cast
+
+from pgops.errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from pgops.settings import Settings
+
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSpec:
+    """Everything about the client except credentials, so it can be shown and tested safely."""
+
+    endpoint_url: str | None  # None: the AWS endpoint for the region
+    region: str
+    verify: bool | str | None  # False: no checks; str: CA bundle; None: the SDK default (checks on)
+    addressing_style: str
+    max_attempts: int
+    request_checksum: str
+
+
+def normalise_endpoint(raw: str) -> str | None:
+    """'' -> None; 'host:9000' -> 'https://host:9000' (a custom endpoint without a scheme is HTTPS)."""
+    v = raw.strip().rstrip("/")
+    if not v:
+        return None
+    if "://" not in v:
+        return "https://" + v
+    scheme = v.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"PGOPS_S3_ENDPOINT_URL={raw!r}: scheme {scheme!r} is not valid; valid: https://, http://")
+    return v
+
+
+def client_spec(settings: Settings, default_region: str | None) -> ClientSpec:
+    verify: bool | str | None
+    if not settings.s3_verify_tls:
+        verify = False
+    elif settings.s3_ca_bundle:
+        verify = settings.s3_ca_bundle
+    else:
+        verify = None
+    return ClientSpec(
+        endpoint_url=normalise_endpoint(settings.s3_endpoint_url),
+        region=settings.s3_region or default_region or "us-east-1",
+        verify=verify,
+        addressing_style=settings.s3_addressing_style,
+        max_attempts=settings.s3_max_attempts,
+        request_checksum=settings.s3_request_checksum,
+    )
+
+
+def build_client(settings: Settings) -> tuple[S3Client, ClientSpec]:
+    """A client configured from the S3_* settings. Does not connect."""
+    import boto3.session
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        if settings.s3_access_key_id:
+            session = boto3.session.Session(
+                aws_access_key_id=settings.s3_access_key_id,
+                aws_secret_access_key=settings.s3_secret_access_key.reveal() or None,
+                aws_session_token=settings.s3_session_token.reveal() or None,
+            )
+        else:
+            session = boto3.session.Session()
+        spec = client_spec(settings, session.region_name)
+        config = Config(
+            region_name=spec.region,
+            # total_max_attempts counts the first try too: S3_MAX_ATTEMPTS=1 means no retry.
+            retries={"total_max_attempts": spec.max_attempts, "mode": "standard"},
+            s3=cast("Any", {"addressing_style": spec.addressing_style}),
+            request_checksum_calculation=cast("Any", spec.request_checksum),
+            response_checksum_validation="when_required",
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+        )
+        kwargs: dict[str, Any] = {"config": config, "region_name": spec.region}
+        if spec.endpoint_url:
+            kwargs["endpoint_url"] = spec.endpoint_url
+        if spec.verify is not None:
+            kwargs["verify"] = spec.verify
+        client: S3Client = session.client("s3", **kwargs)
+    except BotoCoreError as e:  # e.g. AWS_PROFILE names a profile that does not exist
+        raise StorageError(f"cannot set up the S3 client: {type(e).__name__}: {e}") from None
+    except ValueError as e:  # e.g. an endpoint URL botocore cannot parse
+        raise StorageError(f"cannot set up the S3 client: {e}; check PGOPS_S3_ENDPOINT_URL") from None
+    return client, spec
