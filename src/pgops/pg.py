@@ -45,7 +45,8 @@ class PgConn:
         return make_conninfo(self.conninfo, dbname=dbname)
 
     def child_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """The environment for pg_dump & co: ours minus PGOPS_* (secrets among them), plus PGPASSWORD."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PGOPS_")}
         if self.password:
             env["PGPASSWORD"] = self.password
         env.setdefault("PGAPPNAME", "pgops")

@@ -27,7 +27,7 @@ def big_db(pg: Cluster) -> str:
     return BIG_DB
 
 
-def children(pid: int, name: str) -> list[int]:
+def children(pid: int, name: str, arg: str = "") -> list[int]:
     found = []
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -36,7 +36,12 @@ def children(pid: int, name: str) -> list[int]:
         except (OSError, IndexError):
             continue
         if int(fields[1]) == pid and comm == name:
-            found.append(int(stat_file.parent.name))
+            try:
+                cmdline = (stat_file.parent / "cmdline").read_bytes().decode()
+            except OSError:
+                continue
+            if arg in cmdline:
+                found.append(int(stat_file.parent.name))
     return found
 
 
@@ -69,7 +74,7 @@ def slow_backup(engine: Engine, db: str):  # type: ignore[no-untyped-def]
 def test_pg_dump_killed_mid_stream_aborts_upload(engine: Engine, big_db: str) -> None:
     proc = slow_backup(engine, big_db)
     wait_for(engine.leftovers, what="an upload in progress")
-    dump_pid = wait_for(lambda: children(proc.pid, "pg_dump"), what="pg_dump")[0]
+    dump_pid = wait_for(lambda: children(proc.pid, "pg_dump", "--format=custom"), what="pg_dump")[0]
     with frozen(proc.pid):
         os.kill(dump_pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
@@ -83,7 +88,7 @@ def test_pg_dump_killed_mid_stream_aborts_upload(engine: Engine, big_db: str) ->
 def test_signal_mid_upload_aborts_and_reaps(engine: Engine, big_db: str, sig: signal.Signals) -> None:
     proc = slow_backup(engine, big_db)
     wait_for(engine.leftovers, what="an upload in progress")
-    dump_pid = wait_for(lambda: children(proc.pid, "pg_dump"), what="pg_dump")[0]
+    dump_pid = wait_for(lambda: children(proc.pid, "pg_dump", "--format=custom"), what="pg_dump")[0]
     with frozen(proc.pid):
         proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -122,7 +127,7 @@ def test_bad_dump_is_failed_never_committed(engine: Engine, pg: Cluster, big_db:
 
 def test_overlapping_runs_second_gets_lock_held(engine: Engine, pg: Cluster, big_db: str) -> None:
     first = slow_backup(engine, big_db)
-    wait_for(lambda: children(first.pid, "pg_dump"), what="first backup's pg_dump")
+    wait_for(lambda: children(first.pid, "pg_dump", "--format=custom"), what="first backup's pg_dump")
     with frozen(first.pid):
         second = engine.run(["backup", "--databases", big_db, "--no-globals"])
     assert second.returncode == ExitCode.LOCK_HELD, second.stderr
@@ -172,13 +177,21 @@ def test_missing_named_database_is_a_config_error(engine: Engine) -> None:
 
 def test_password_never_in_argv_logs_or_errors(engine: Engine, pg: Cluster, big_db: str) -> None:
     env = {"PGOPS_PG_CONNINFO": pg.tcp_conninfo, "PGOPS_PG_PASSWORD": SUPERUSER_PASSWORD, "PGOPS_LOG_LEVEL": "debug"}
-    proc = engine.popen(["backup", "--databases", big_db, "--no-globals", "--compression", "none"], extra=env)
-    dump_pid = wait_for(lambda: children(proc.pid, "pg_dump"), what="pg_dump")[0]
-    argv = Path(f"/proc/{dump_pid}/cmdline").read_bytes().decode()
-    pgops_argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+    with pg.connect(big_db) as blocker:
+        # pg_dump waits for this lock, so it is certainly alive while we read its /proc entries
+        blocker.autocommit = False
+        blocker.execute("LOCK TABLE pgbench_accounts IN ACCESS EXCLUSIVE MODE")
+        proc = engine.popen(["backup", "--databases", big_db, "--no-globals", "--compression", "none"], extra=env)
+        dump_pid = wait_for(lambda: children(proc.pid, "pg_dump", "--format=custom"), what="pg_dump")[0]
+        argv = Path(f"/proc/{dump_pid}/cmdline").read_bytes().decode()
+        environ = Path(f"/proc/{dump_pid}/environ").read_bytes().decode()
+        pgops_argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        blocker.rollback()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "pg_dump" in argv and SUPERUSER_PASSWORD not in argv and SUPERUSER_PASSWORD not in pgops_argv
+    assert f"PGPASSWORD={SUPERUSER_PASSWORD}" in environ  # it does reach pg_dump, through the environment
+    assert "PGOPS_PG_PASSWORD" not in environ  # and only as PGPASSWORD
     assert SUPERUSER_PASSWORD not in err
     wrong = engine.run(["backup", "--no-globals"], extra={**env, "PGOPS_PG_PASSWORD": "Wrong-Pw-123"})
     assert wrong.returncode == ExitCode.POSTGRES
