@@ -317,6 +317,69 @@ SPECS: tuple[Spec, ...] = (
         "overwrites. Turn off only for stores that reject the header (a HEAD check still runs).",
         "true",
     ),
+    # --- GCS ------------------------------------------------------------------------------------
+    Spec(
+        "GCS_CREDENTIALS_FILE",
+        _str,
+        "",
+        "Service-account JSON key file. Empty: Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS, "
+        "gcloud, or the metadata server / workload identity).",
+        "/etc/pgops/gcs-backup-sa.json",
+    ),
+    Spec("GCS_PROJECT", _str, "", "Project for the client. Empty: taken from the credentials.", "acme-prod"),
+    Spec(
+        "GCS_ENDPOINT_URL",
+        _str,
+        "",
+        "Custom endpoint (an emulator). Empty: storage.googleapis.com, or STORAGE_EMULATOR_HOST if set.",
+        "http://127.0.0.1:4443",
+    ),
+    Spec(
+        "GCS_KMS_KEY_NAME",
+        _str,
+        "",
+        "Cloud KMS key for CMEK on new objects. Empty: the bucket default.",
+        "projects/acme-prod/locations/europe-west3/keyRings/backups/cryptoKeys/pgops",
+    ),
+    Spec("GCS_STORAGE_CLASS", _str, "", "Storage class of new objects. Empty: the bucket default.", "NEARLINE"),
+    Spec(
+        "GCS_CHUNK_SIZE",
+        _size(256 * 1024, 1024**3),
+        "16MiB",
+        "Resumable upload chunk size (a multiple of 256 KiB); memory holds about one chunk.",
+        "16MiB",
+    ),
+    Spec("GCS_MAX_ATTEMPTS", _int_range(1, 20), "5", "Attempts per request/chunk, with exponential backoff.", "5"),
+    # --- client-side encryption (age) -----------------------------------------------------------
+    Spec(
+        "AGE_RECIPIENTS",
+        _list,
+        "",
+        "Encrypt backups to these age public keys (comma-separated). Hosts need only public keys.",
+        "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+    ),
+    Spec(
+        "AGE_RECIPIENTS_FILE",
+        _str,
+        "",
+        "File with one age public key per line (# comments allowed), added to AGE_RECIPIENTS.",
+        "/etc/pgops/age-recipients.txt",
+    ),
+    Spec(
+        "AGE_IDENTITY_FILE",
+        _str,
+        "",
+        "age identity (private key) file, needed only to restore or verify encrypted backups.",
+        "/root/pgops-restore.key",
+    ),
+    Spec(
+        "AGE_PASSPHRASE",
+        _secret,
+        "",
+        "Passphrase mode instead of recipients (scrypt; slower, and the host can decrypt). Never on argv.",
+        "(from Vault)",
+        secret=True,
+    ),
     # --- running --------------------------------------------------------------------------------
     Spec("LOCK_DIR", _str, "/run/lock", "Directory for the per-target lock file.", "/run/lock"),
     Spec(
@@ -361,6 +424,17 @@ class Settings:
     s3_max_attempts: int
     s3_request_checksum: str
     s3_conditional_writes: bool
+    gcs_credentials_file: str
+    gcs_project: str
+    gcs_endpoint_url: str
+    gcs_kms_key_name: str
+    gcs_storage_class: str
+    gcs_chunk_size: int
+    gcs_max_attempts: int
+    age_recipients: tuple[str, ...]
+    age_recipients_file: str
+    age_identity_file: str
+    age_passphrase: Secret
     lock_dir: str
     spool_dir: str
     log_format: str
@@ -456,6 +530,15 @@ def _cross_check(s: Settings) -> None:
         raise ConfigError("PGOPS_S3_SECRET_ACCESS_KEY is set without PGOPS_S3_ACCESS_KEY_ID; set both or neither")
     if "password" in s.pg_conninfo.lower():
         raise ConfigError("PGOPS_PG_CONNINFO must not contain a password; use PGOPS_PG_PASSWORD or ~/.pgpass")
+    if s.gcs_chunk_size % (256 * 1024):
+        raise ConfigError(
+            f"PGOPS_GCS_CHUNK_SIZE={s.gcs_chunk_size} is not a multiple of 256 KiB; valid: e.g. 8MiB, 16MiB"
+        )
+    if s.age_passphrase and (s.age_recipients or s.age_recipients_file):
+        raise ConfigError("PGOPS_AGE_PASSPHRASE and PGOPS_AGE_RECIPIENTS(_FILE) are exclusive; set one of them")
+    for r in s.age_recipients:
+        if not r.startswith("age1"):
+            raise ConfigError(f"PGOPS_AGE_RECIPIENTS: {r[:12]!r}... is not an age public key; valid: age1...")
     overlap = set(s.databases) & set(s.exclude_databases)
     if overlap:
         raise ConfigError(f"PGOPS_EXCLUDE_DATABASES and PGOPS_DATABASES both name {sorted(overlap)}")
