@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pgops import __version__
+from pgops.crypto import Recipients, recipients_from_settings
 from pgops.errors import ConfigError, IntegrityError, Interrupted, PartialFailure, PgOpsError, StorageError
 from pgops.lock import target_lock
 from pgops.log import q
@@ -71,14 +72,34 @@ class RunContext:
     bindir: Path
     pg_dump_version: str
     backup_id: str
+    recipients: Recipients | None
 
     @classmethod
     def open(cls, settings: Settings, storage: Storage) -> RunContext:
+        recipients = recipients_from_settings(settings)  # validated before any work starts
         conn = PgConn.from_settings(settings)
         with conn.connect("postgres") as c:
             server = server_info(c)
         bindir = find_bindir(settings.pg_bindir, server.major)
-        return cls(settings, storage, conn, server, bindir, tool_version(bindir, "pg_dump"), new_backup_id(utcnow()))
+        return cls(
+            settings,
+            storage,
+            conn,
+            server,
+            bindir,
+            tool_version(bindir, "pg_dump"),
+            new_backup_id(utcnow()),
+            recipients,
+        )
+
+    def suffix(self) -> str:
+        """File name extension of stored dumps: compression, then encryption."""
+        return EXTENSIONS[self.settings.compression] + (".age" if self.recipients else "")
+
+    def encryption_info(self) -> dict[str, Any]:
+        if self.recipients is None:
+            return {"algorithm": "none"}
+        return {"algorithm": "age", "recipients": list(self.recipients.keys)}
 
     def compression_info(self) -> dict[str, Any]:
         s = self.settings
@@ -137,6 +158,7 @@ def _stream_dump(
                 [compressor(s.compression, s.effective_compression_level, s.compression_threads)],
                 writer.write,
                 progress,
+                encrypt=ctx.recipients,
             )
             child.check(what)
         if result.raw_size == 0:
@@ -185,7 +207,7 @@ def _commit(
         tool_version=tool,
         dump_format=dump_format,
         compression=ctx.compression_info(),
-        encryption={"algorithm": "none"},
+        encryption=ctx.encryption_info(),
         host=socket.gethostname(),
         engine_version=__version__,
         database_properties=props or {},
@@ -211,9 +233,7 @@ def backup_database(
     started = utcnow()
     with ctx.conn.connect("postgres") as c:
         props = database_properties(c, database)
-    key = (
-        f"{ctx.settings.target}/{database_key(database)}/{ctx.backup_id}/dump.pgc{EXTENSIONS[ctx.settings.compression]}"
-    )
+    key = f"{ctx.settings.target}/{database_key(database)}/{ctx.backup_id}/dump.pgc{ctx.suffix()}"
     argv = [str(ctx.bindir / "pg_dump"), "--format=custom", "--compress=0", "--no-password"]
     argv += ["--dbname", ctx.conn.for_db(database)]
     log.info("event=backup_start database=%s id=%s", q(database), ctx.backup_id)
@@ -232,7 +252,7 @@ def backup_database(
 
 def backup_globals(ctx: RunContext, progress: Progress | None = None) -> Manifest:
     started = utcnow()
-    key = f"{ctx.settings.target}/@globals/{ctx.backup_id}/globals.sql{EXTENSIONS[ctx.settings.compression]}"
+    key = f"{ctx.settings.target}/@globals/{ctx.backup_id}/globals.sql{ctx.suffix()}"
     argv = [str(ctx.bindir / "pg_dumpall"), "--globals-only", "--no-password", "--dbname", ctx.conn.for_db("postgres")]
     log.info("event=backup_start database=@globals id=%s", ctx.backup_id)
     obj = _stream_dump(ctx, argv, key, "pg_dumpall --globals-only", progress, custom=False)

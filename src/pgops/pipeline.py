@@ -10,9 +10,13 @@ import dataclasses
 import hashlib
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from pgops.crypto import decrypt_stream, encrypt_stream
 from pgops.errors import IntegrityError
+
+if TYPE_CHECKING:
+    from pgops.crypto import Recipients
 
 CHUNK = 1024 * 1024
 
@@ -154,37 +158,118 @@ def read_chunks(stream: Readable, chunk: int = CHUNK) -> Iterator[bytes]:
         yield data
 
 
+class _Source:
+    """Meters the source side: sha256, size, the first and last bytes, and progress."""
+
+    def __init__(self, progress: Callable[[int], None] | None) -> None:
+        self.meter = Meter()
+        self.head = b""
+        self.tail = b""
+        self.progress = progress
+
+    def see(self, data: bytes) -> bytes:
+        if len(self.head) < 16:
+            self.head += data[: 16 - len(self.head)]
+        self.tail = (self.tail + data[-64:])[-64:]
+        self.meter.update(data)
+        if self.progress is not None:
+            self.progress(self.meter.size)
+        return data
+
+    def result(self, out: Meter) -> StreamResult:
+        m = self.meter
+        return StreamResult(m.size, m.sha256, out.size, out.sha256, self.head, self.tail)
+
+
+class _Push:
+    """Pushes bytes through stages into a sink, metering what reaches the sink."""
+
+    def __init__(self, stages: list[Transform], sink: Callable[[bytes], object]) -> None:
+        self.stages, self.sink, self.out = stages, sink, Meter()
+
+    def _emit(self, data: bytes, start: int) -> None:
+        for stage in self.stages[start:]:
+            if not data:
+                return
+            data = stage.update(data)
+        if data:
+            self.out.update(data)
+            self.sink(data)
+
+    def feed(self, data: bytes) -> None:
+        self._emit(data, 0)
+
+    def finish(self) -> None:
+        for i, stage in enumerate(self.stages):
+            self._emit(stage.finish(), i + 1)
+
+
+class _Pull:
+    """A reader over push stages: read(n) returns what the stages emit for the next source chunks."""
+
+    def __init__(self, chunks: Iterator[bytes], stages: list[Transform]) -> None:
+        self.chunks = chunks
+        self.buf = bytearray()
+        self.push = _Push(stages, self.buf.extend)
+        self.done = False
+
+    def read(self, size: int = -1) -> bytes:
+        want = size if size > 0 else CHUNK
+        while len(self.buf) < want and not self.done:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.push.finish()
+                self.done = True
+            else:
+                self.push.feed(chunk)
+        data = bytes(self.buf[:want])
+        del self.buf[:want]
+        return data
+
+
 def pump(
     chunks: Iterator[bytes],
     stages: list[Transform],
     sink: Callable[[bytes], object],
     progress: Callable[[int], None] | None = None,
+    *,
+    encrypt: Recipients | None = None,
 ) -> StreamResult:
-    """Push every chunk through the stages into the sink, then flush the stages in order."""
-    raw = Meter()
-    out = Meter()
-    head = b""
-    tail = b""
+    """source chunks → stages → [age encryption] → sink, metering both ends."""
+    source = _Source(progress)
+    metered = (source.see(c) for c in chunks)
+    if encrypt is None:
+        push = _Push(stages, sink)
+        for data in metered:
+            push.feed(data)
+        push.finish()
+        return source.result(push.out)
+    out = _Push([], sink)
+    encrypt_stream(_Pull(metered, stages), out.feed, encrypt)
+    return source.result(out.out)
 
-    def emit(data: bytes, start: int) -> None:
-        for stage in stages[start:]:
-            if not data:
-                return
-            data = stage.update(data)
-        if data:
-            out.update(data)
-            sink(data)
 
-    for data in chunks:
-        if len(head) < 16:
-            head += data[: 16 - len(head)]
-        tail = (tail + data[-64:])[-64:]
-        raw.update(data)
-        emit(data, 0)
-        if progress is not None:
-            progress(raw.size)
-    for i, stage in enumerate(stages):
-        emit(stage.finish(), i + 1)
-    return StreamResult(
-        raw_size=raw.size, raw_sha256=raw.sha256, size=out.size, sha256=out.sha256, head=head, tail=tail
-    )
+class _MeteredReader:
+    def __init__(self, reader: Readable, source: _Source) -> None:
+        self.reader, self.source = reader, source
+
+    def read(self, size: int = -1) -> bytes:
+        return self.source.see(self.reader.read(size))
+
+
+def pump_decrypt(
+    reader: Readable,
+    identities: list[Any],
+    stages: list[Transform],
+    sink: Callable[[bytes], object],
+    progress: Callable[[int], None] | None = None,
+    *,
+    what: str,
+    recipients: list[str],
+) -> StreamResult:
+    """stored age stream → decryption → stages → sink, metering the stored bytes and the output."""
+    source = _Source(progress)
+    push = _Push(stages, sink)
+    decrypt_stream(_MeteredReader(reader, source), push.feed, identities, what=what, recipients=recipients)
+    push.finish()
+    return source.result(push.out)

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import errno
+import io
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pgops.backup import RunContext, backup_database
+from pgops.crypto import load_identities
 from pgops.errors import ConfigError, IntegrityError, PgOpsError, PostgresError, RestoreRefused, StorageError
 from pgops.log import q
 from pgops.manifest import Catalog, Manifest, StoredObject, utcnow
@@ -41,7 +43,7 @@ from pgops.pg import (
     server_info,
     terminate_connections,
 )
-from pgops.pipeline import Meter, Transform, decompressor, pump, read_chunks
+from pgops.pipeline import decompressor, pump, pump_decrypt, read_chunks
 from pgops.proc import running
 from pgops.settings import Settings
 from pgops.storage.base import Storage
@@ -95,51 +97,79 @@ def choose_backup(storage: Storage, settings: Settings, req: RestoreRequest) -> 
     return catalog, catalog.pick(database=req.database, backup_id=req.backup_id, before=req.before)
 
 
-class _Verifier:
-    """A stage that hashes what passes and, at the end, compares with the manifest's record."""
-
-    def __init__(self, obj: StoredObject) -> None:
-        self.obj = obj
-        self.meter = Meter()
-
-    def update(self, data: bytes) -> bytes:
-        return self.meter.update(data)
-
-    def finish(self) -> bytes:
-        return b""
-
-    def check(self) -> None:
-        if self.meter.size != self.obj.size or self.meter.sha256 != self.obj.sha256:
-            raise IntegrityError(
-                f"{self.obj.key}: stored object does not match the manifest "
-                f"(size {self.meter.size} vs {self.obj.size}, "
-                f"sha256 {self.meter.sha256[:12]}… vs {self.obj.sha256[:12]}…)"
-            )
+def is_encrypted(m: Manifest) -> bool:
+    return str(m.encryption.get("algorithm", "none")) != "none"
 
 
-def _stages(m: Manifest, obj: StoredObject) -> tuple[_Verifier, list[Transform]]:
-    if m.encryption.get("algorithm", "none") != "none":
-        raise ConfigError(f"backup {m.id} is encrypted ({m.encryption['algorithm']}); this engine cannot decrypt it")
-    verifier = _Verifier(obj)
-    return verifier, [verifier, decompressor(m.compression["algorithm"])]
+def identities_for(settings: Settings, storage: Storage, m: Manifest) -> list[Any] | None:
+    """For an encrypted backup: the identities, proven to open it (on its first 64 KiB) before any
+    database is created. None for a plain backup."""
+    if not is_encrypted(m):
+        return None
+    if m.encryption.get("algorithm") != "age":
+        raise ConfigError(f"backup {m.id} uses encryption {m.encryption.get('algorithm')!r}, which pgops cannot read")
+    identities: list[Any] = load_identities(settings, m.id)
+    obj = m.objects[0]
+    reader = storage.open_reader(obj.key)
+    try:
+        head = reader.read(64 * 1024)
+    finally:
+        reader.close()
+    with contextlib.suppress(IntegrityError):  # a 64 KiB prefix is truncated by design; a wrong key is not
+        pump_decrypt(
+            io.BytesIO(head),
+            identities,
+            [],
+            lambda _: None,
+            what=f"backup {m.id}",
+            recipients=list(m.encryption.get("recipients", [])),
+        )
+    return identities
 
 
 def download_verified(
-    storage: Storage, m: Manifest, obj: StoredObject, sink: Callable[[bytes], object], progress: Progress | None = None
+    storage: Storage,
+    m: Manifest,
+    obj: StoredObject,
+    sink: Callable[[bytes], object],
+    *,
+    progress: Progress | None = None,
+    identities: list[Any] | None = None,
 ) -> None:
-    """Stream an object through sha256 and decompression into `sink`; raise IntegrityError on mismatch."""
-    verifier, stages = _stages(m, obj)
+    """Stream an object through sha256, decryption and decompression into `sink`.
+
+    IntegrityError if the stored bytes or the plain dump do not match the manifest."""
+    stages = [decompressor(m.compression["algorithm"])]
     reader = storage.open_reader(obj.key)
     try:
-        result = pump(read_chunks(reader), stages, sink, progress)
+        if is_encrypted(m):
+            if identities is None:
+                raise ConfigError(f"backup {m.id} is encrypted; set PGOPS_AGE_IDENTITY_FILE")
+            result = pump_decrypt(
+                reader,
+                identities,
+                stages,
+                sink,
+                progress,
+                what=f"{obj.key}",
+                recipients=list(m.encryption.get("recipients", [])),
+            )
+        else:
+            result = pump(read_chunks(reader), stages, sink, progress)
     finally:
         reader.close()
-    verifier.check()
+    if result.raw_size != obj.size or result.raw_sha256 != obj.sha256:
+        raise IntegrityError(
+            f"{obj.key}: stored object does not match the manifest (size {result.raw_size} vs {obj.size}, "
+            f"sha256 {result.raw_sha256[:12]}… vs {obj.sha256[:12]}…)"
+        )
     if result.size != obj.raw_size or result.sha256 != obj.raw_sha256:
-        raise IntegrityError(f"{obj.key}: decompressed bytes do not match the manifest's plain checksum")
+        raise IntegrityError(f"{obj.key}: the decoded dump does not match the manifest's plain checksum")
 
 
-def restore_globals(storage: Storage, catalog: Catalog, m: Manifest, conn: PgConn, bindir: Path) -> Manifest:
+def restore_globals(
+    settings: Settings, storage: Storage, catalog: Catalog, m: Manifest, *, conn: PgConn, bindir: Path
+) -> Manifest:
     """Recreate roles and tablespaces. 'role already exists' is expected on a live server and tolerated."""
     g = catalog.globals_for(m)
     buf = bytearray()
@@ -149,7 +179,7 @@ def restore_globals(storage: Storage, catalog: Catalog, m: Manifest, conn: PgCon
         if len(buf) > MAX_GLOBALS_BYTES:
             raise IntegrityError(f"{g.prefix}: globals script is larger than {MAX_GLOBALS_BYTES} bytes")
 
-    download_verified(storage, g, g.object("globals"), collect)
+    download_verified(storage, g, g.object("globals"), collect, identities=identities_for(settings, storage, g))
     argv = [
         str(bindir / "psql"),
         "-X",
@@ -205,14 +235,20 @@ def _pg_restore_argv(bindir: Path, conn: PgConn, db: str, req: RestoreRequest) -
 
 
 def _restore_streaming(
-    storage: Storage, m: Manifest, argv: list[str], env: dict[str, str], progress: Progress | None
+    storage: Storage,
+    m: Manifest,
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    progress: Progress | None,
+    identities: list[Any] | None,
 ) -> None:
     obj = m.object("dump")
     with running([*argv, "--format=custom"], env=env, stdin=subprocess.PIPE) as child:
         assert child.proc.stdin is not None
         sink = _PipeSink(child.proc.stdin)
         try:
-            download_verified(storage, m, obj, sink, progress)
+            download_verified(storage, m, obj, sink, progress=progress, identities=identities)
         finally:
             sink.close()
         child.check(f"pg_restore of backup {m.id}")
@@ -227,6 +263,7 @@ def _restore_parallel(
     jobs: int,
     spool_dir: str,
     progress: Progress | None,
+    identities: list[Any] | None,
 ) -> None:
     obj = m.object("dump")
     directory = Path(spool_dir)
@@ -237,7 +274,7 @@ def _restore_parallel(
     try:
         with os.fdopen(fd, "wb") as f:
             try:
-                download_verified(storage, m, obj, f.write, progress)
+                download_verified(storage, m, obj, f.write, progress=progress, identities=identities)
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     raise StorageError(f"spool directory {spool_dir!r} is full ({obj.raw_size} bytes needed)") from None
@@ -275,6 +312,7 @@ def run_restore(
                 f"role {owner!r}, which owns {req.database!r} in the backup, does not exist here; "
                 "pass --with-globals to recreate roles, or --no-owner"
             )
+    identities = identities_for(settings, storage, m)  # a missing or wrong key stops us before any change
     log.info(
         "event=restore_start database=%s id=%s into=%s replace=%s",
         q(req.database),
@@ -284,7 +322,7 @@ def run_restore(
     )
 
     if req.with_globals:
-        restore_globals(storage, catalog, m, conn, bindir)
+        restore_globals(settings, storage, catalog, m, conn=conn, bindir=bindir)
 
     safety: Manifest | None = None
     if exists:
@@ -300,9 +338,18 @@ def run_restore(
         argv = _pg_restore_argv(bindir, conn, scratch, req)
         if req.jobs > 1:
             assert spool
-            _restore_parallel(storage, m, argv, conn.child_env(), jobs=req.jobs, spool_dir=spool, progress=progress)
+            _restore_parallel(
+                storage,
+                m,
+                argv,
+                conn.child_env(),
+                jobs=req.jobs,
+                spool_dir=spool,
+                progress=progress,
+                identities=identities,
+            )
         else:
-            _restore_streaming(storage, m, argv, conn.child_env(), progress)
+            _restore_streaming(storage, m, argv, conn.child_env(), progress=progress, identities=identities)
         with conn.connect("postgres") as c:
             warnings = apply_database_properties(c, scratch, props, skip_missing_roles=req.no_owner or req.no_acl)
             renamed = _switch_in(c, scratch, target, replace=exists)

@@ -372,14 +372,6 @@ SPECS: tuple[Spec, ...] = (
         "age identity (private key) file, needed only to restore or verify encrypted backups.",
         "/root/pgops-restore.key",
     ),
-    Spec(
-        "AGE_PASSPHRASE",
-        _secret,
-        "",
-        "Passphrase mode instead of recipients (scrypt; slower, and the host can decrypt). Never on argv.",
-        "(from Vault)",
-        secret=True,
-    ),
     # --- running --------------------------------------------------------------------------------
     Spec("LOCK_DIR", _str, "/run/lock", "Directory for the per-target lock file.", "/run/lock"),
     Spec(
@@ -434,7 +426,6 @@ class Settings:
     age_recipients: tuple[str, ...]
     age_recipients_file: str
     age_identity_file: str
-    age_passphrase: Secret
     lock_dir: str
     spool_dir: str
     log_format: str
@@ -534,11 +525,6 @@ def _cross_check(s: Settings) -> None:
         raise ConfigError(
             f"PGOPS_GCS_CHUNK_SIZE={s.gcs_chunk_size} is not a multiple of 256 KiB; valid: e.g. 8MiB, 16MiB"
         )
-    if s.age_passphrase and (s.age_recipients or s.age_recipients_file):
-        raise ConfigError("PGOPS_AGE_PASSPHRASE and PGOPS_AGE_RECIPIENTS(_FILE) are exclusive; set one of them")
-    for r in s.age_recipients:
-        if not r.startswith("age1"):
-            raise ConfigError(f"PGOPS_AGE_RECIPIENTS: {r[:12]!r}... is not an age public key; valid: age1...")
     overlap = set(s.databases) & set(s.exclude_databases)
     if overlap:
         raise ConfigError(f"PGOPS_EXCLUDE_DATABASES and PGOPS_DATABASES both name {sorted(overlap)}")
