@@ -101,6 +101,16 @@ class RunContext:
             return {"algorithm": "none"}
         return {"algorithm": "age", "recipients": list(self.recipients.keys)}
 
+    def server_side_encryption(self) -> dict[str, Any]:
+        """What the store was asked to do at rest (SSE-S3, SSE-KMS key, GCS CMEK key), for the manifest."""
+        s = self.settings
+        scheme = (s.storage_url or "").split("://", 1)[0]
+        if scheme == "s3" and s.s3_sse != "none":
+            return {"mode": s.s3_sse, **({"kms_key_id": s.s3_sse_kms_key_id} if s.s3_sse_kms_key_id else {})}
+        if scheme == "gs" and s.gcs_kms_key_name:
+            return {"mode": "cmek", "kms_key_name": s.gcs_kms_key_name}
+        return {}
+
     def compression_info(self) -> dict[str, Any]:
         s = self.settings
         return {
@@ -208,6 +218,7 @@ def _commit(
         dump_format=dump_format,
         compression=ctx.compression_info(),
         encryption=ctx.encryption_info(),
+        server_side_encryption=ctx.server_side_encryption(),
         host=socket.gethostname(),
         engine_version=__version__,
         database_properties=props or {},

@@ -97,6 +97,7 @@ class Manifest:
     engine_version: str
     database_properties: dict[str, Any] = dataclasses.field(default_factory=dict)
     reason: str = "scheduled"  # or "safety" for the backup taken before restore --replace
+    server_side_encryption: dict[str, Any] = dataclasses.field(default_factory=dict)
     key: str = ""  # where this manifest was read from (not stored)
 
     @property
@@ -158,6 +159,7 @@ class Manifest:
                 engine_version=d["engine_version"],
                 database_properties=dict(d.get("database_properties") or {}),
                 reason=d.get("reason", "scheduled"),
+                server_side_encryption=dict(d.get("server_side_encryption") or {}),
                 key=key,
             )
         except IntegrityError:

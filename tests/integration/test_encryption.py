@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pgops.errors import ExitCode
-from tests.fixtures.engine import Engine
+from tests.fixtures.engine import Engine, base_env
 from tests.fixtures.pg import Cluster, make_tricky_database
 
 
@@ -155,3 +155,21 @@ def test_bad_recipient_fails_before_any_work(engine: Engine) -> None:
     assert result.returncode == ExitCode.CONFIG
     assert "PGOPS_AGE_RECIPIENTS" in result.stderr and "age1" in result.stderr
     assert engine.keys() == []
+
+
+def test_s3_server_side_encryption_is_requested_and_recorded(
+    pg: Cluster, enc_db: str, tmp_path: Path, s3_settings_env: dict[str, str]
+) -> None:
+    engine = Engine("s3", {**base_env(pg, tmp_path), **s3_settings_env}, tmp_path)
+    kms_key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    env = {"PGOPS_S3_SSE": "aws:kms", "PGOPS_S3_SSE_KMS_KEY_ID": kms_key}
+    engine.run(["backup", "--databases", enc_db, "--no-globals"], check=True, extra=env)
+    m = json.loads(engine.run(["list", "--json"], check=True).stdout)["backups"][0]
+    assert m["server_side_encryption"] == {"mode": "aws:kms", "kms_key_id": kms_key}
+    from tests.fixtures.objstore import raw_s3_client
+
+    client = raw_s3_client(engine.env["PGOPS_S3_ENDPOINT_URL"])
+    bucket = engine.env["PGOPS_STORAGE_URL"].removeprefix("s3://").split("/", 1)[0]
+    prefix = engine.env["PGOPS_STORAGE_URL"].removeprefix("s3://").split("/", 1)[1]
+    head = client.head_object(Bucket=bucket, Key=f"{prefix}/{m['objects'][0]['key']}")
+    assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == kms_key
