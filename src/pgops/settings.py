@@ -155,6 +155,36 @@ def _optional(parse: Parser) -> Parser:
     return parse_optional
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(raw: str, key: str) -> int:
+    """A duration like 36h, 30d or 8w, in seconds. 0 means off."""
+    v = raw.strip()
+    if v in ("", "0"):
+        return 0
+    m = _DURATION_RE.match(v)
+    if not m:
+        raise ConfigError(
+            f"{key}={raw!r} is not a duration; valid values: a number with s, m, h, d or w (like 36h, 90d)"
+        )
+    return int(m.group(1)) * _DURATION_SECONDS[m.group(2).lower()]
+
+
+def _timezone(raw: str, key: str) -> str:
+    import zoneinfo
+
+    v = raw.strip() or "UTC"
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{key}={raw!r} is not a known time zone; valid values: IANA names like UTC, Europe/Berlin"
+        ) from None
+    return v
+
+
 def _name(raw: str, key: str) -> str:
     v = raw.strip() or _default_target()
     if not _NAME_RE.match(v):
@@ -372,6 +402,41 @@ SPECS: tuple[Spec, ...] = (
         "age identity (private key) file, needed only to restore or verify encrypted backups.",
         "/root/pgops-restore.key",
     ),
+    # --- retention --------------------------------------------------------------------------------
+    Spec("KEEP_LAST", _int_range(0), "0", "Keep the newest N good backups per database (0 = rule off).", "7"),
+    Spec("KEEP_DAILY", _int_range(0), "7", "Keep the newest good backup of each of the last N days.", "7"),
+    Spec("KEEP_WEEKLY", _int_range(0), "4", "Keep the newest good backup of each of the last N ISO weeks.", "4"),
+    Spec("KEEP_MONTHLY", _int_range(0), "6", "Keep the newest good backup of each of the last N months.", "12"),
+    Spec("KEEP_YEARLY", _int_range(0), "0", "Keep the newest good backup of each of the last N years.", "3"),
+    Spec(
+        "MAX_AGE",
+        _duration,
+        "0",
+        "Delete good backups older than this, unless MIN_KEEP or the newest-verified rule keeps them (0 = off).",
+        "400d",
+    ),
+    Spec(
+        "MIN_KEEP",
+        _int_range(1),
+        "1",
+        "Always keep at least this many good backups per database, whatever the other rules say.",
+        "3",
+    ),
+    Spec(
+        "RETENTION_TIMEZONE",
+        _timezone,
+        "UTC",
+        "Time zone in which days, weeks, months and years are counted for the keep rules.",
+        "Europe/Berlin",
+    ),
+    Spec(
+        "GRACE_PERIOD",
+        _duration,
+        "36h",
+        "Failed or incomplete backups and objects without a manifest are removed once older than this; "
+        "a run in progress is never that old.",
+        "36h",
+    ),
     # --- running --------------------------------------------------------------------------------
     Spec("LOCK_DIR", _str, "/run/lock", "Directory for the per-target lock file.", "/run/lock"),
     Spec(
@@ -426,6 +491,15 @@ class Settings:
     age_recipients: tuple[str, ...]
     age_recipients_file: str
     age_identity_file: str
+    keep_last: int
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
+    keep_yearly: int
+    max_age: int
+    min_keep: int
+    retention_timezone: str
+    grace_period: int
     lock_dir: str
     spool_dir: str
     log_format: str

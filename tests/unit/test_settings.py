@@ -34,6 +34,10 @@ def test_precedence_env_file_then_environment_then_flags() -> None:
         ({"PGOPS_S3_SSE_KMS_KEY_ID": "k"}, "PGOPS_S3_SSE=aws:kms"),
         ({"PGOPS_PG_CONNINFO": "host=x password=hunter2"}, "must not contain a password"),
         ({"PGOPS_DATABASES": "a,b", "PGOPS_EXCLUDE_DATABASES": "b"}, "both name"),
+        ({"PGOPS_KEEP_LAST": "-1"}, "valid values: an integer >= 0"),
+        ({"PGOPS_MIN_KEEP": "0"}, "valid values: an integer >= 1"),
+        ({"PGOPS_MAX_AGE": "30 days"}, "like 36h, 90d"),
+        ({"PGOPS_RETENTION_TIMEZONE": "Mars/Olympus"}, "IANA names"),
     ],
 )
 def test_bad_input_names_the_key_and_valid_values(env: dict[str, str], needle: str) -> None:
@@ -74,6 +78,8 @@ def test_defaults_are_valid_and_documented() -> None:
     s = build_settings({}, {})
     assert s.storage_url is None and s.compression == "zstd" and s.effective_compression_level == 3
     assert s.s3_verify_tls is True and s.s3_request_checksum == "when_required"
+    assert (s.min_keep, s.grace_period, s.max_age, s.retention_timezone) == (1, 36 * 3600, 0, "UTC")
+    assert build_settings({}, {"PGOPS_MAX_AGE": "2w"}).max_age == 14 * 86400
     from pgops.reference import render
 
     docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
