@@ -42,6 +42,7 @@ from pgops.pg import (
     find_bindir,
     list_databases,
     server_info,
+    table_estimates,
     tool_version,
 )
 from pgops.pipeline import EXTENSIONS, StreamResult, compressor, pump, read_chunks
@@ -126,9 +127,20 @@ class BackupReport:
     manifests: list[Manifest] = dataclasses.field(default_factory=list)
     failures: dict[str, PgOpsError] = dataclasses.field(default_factory=dict)  # database or @globals
 
+    total: int = 0
+
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    def raise_for_failures(self) -> None:
+        """All failed: the first error (its exit code). Some failed: PartialFailure."""
+        if self.failures and not self.manifests:
+            raise next(iter(self.failures.values()))
+        if self.failures:
+            raise PartialFailure(
+                f"{len(self.failures)} of {self.total} backups failed: {', '.join(sorted(self.failures))}"
+            )
 
 
 def resolve_databases(conn: PgConn, wanted: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
@@ -200,6 +212,7 @@ def _commit(
     tool: str,
     dump_format: str,
     props: dict[str, Any] | None = None,
+    tables: list[dict[str, Any]] | None = None,
     reason: str = "scheduled",
 ) -> Manifest:
     """Write the manifest, last: from now on the backup exists."""
@@ -222,6 +235,7 @@ def _commit(
         host=socket.gethostname(),
         engine_version=__version__,
         database_properties=props or {},
+        tables=tuple(tables or ()),
         reason=reason,
     )
     key = manifest_key(m.target, m.database, m.id)
@@ -244,6 +258,8 @@ def backup_database(
     started = utcnow()
     with ctx.conn.connect("postgres") as c:
         props = database_properties(c, database)
+    with ctx.conn.connect(database) as c:
+        tables = table_estimates(c)
     key = f"{ctx.settings.target}/{database_key(database)}/{ctx.backup_id}/dump.pgc{ctx.suffix()}"
     argv = [str(ctx.bindir / "pg_dump"), "--format=custom", "--compress=0", "--no-password"]
     argv += ["--dbname", ctx.conn.for_db(database)]
@@ -257,6 +273,7 @@ def backup_database(
         tool=ctx.pg_dump_version,
         dump_format="custom",
         props=props,
+        tables=tables,
         reason=reason,
     )
 
@@ -295,6 +312,7 @@ def run_backup(settings: Settings, storage: Storage, *, progress: Progress | Non
             units.append(("@globals", lambda: backup_globals(ctx, progress)))
         for db in databases:
             units.append((db, lambda db=db: backup_database(ctx, db, progress=progress)))  # type: ignore[misc]
+        report.total = len(units)
         for name, unit in units:
             try:
                 report.manifests.append(unit())
@@ -306,10 +324,4 @@ def run_backup(settings: Settings, storage: Storage, *, progress: Progress | Non
                 report.failures[name] = e
                 log.error("event=backup_failed database=%s error=%s", q(name), q(e))
         log.info("event=run_done id=%s ok=%d failed=%d", ctx.backup_id, len(report.manifests), len(report.failures))
-        if report.failures and not report.manifests:
-            raise next(iter(report.failures.values()))
-        if report.failures:
-            raise PartialFailure(
-                f"{len(report.failures)} of {len(units)} backups failed: {', '.join(sorted(report.failures))}"
-            )
         return report

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from pgops import __version__
+from pgops import __version__, metrics
 from pgops import log as pglog
-from pgops.errors import ConfigError, ExitCode, Interrupted, PgOpsError
+from pgops.errors import ConfigError, ExitCode, IntegrityError, Interrupted, PgOpsError
 from pgops.manifest import Catalog, Manifest, iso, parse_time
 from pgops.settings import Settings, load_settings
 
@@ -125,6 +125,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-acl", action="store_true", help="do not restore grants")
     r.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
+    v = sub.add_parser(
+        "verify",
+        help="check backups: sha256 and a full archive parse, or a restore drill",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _common(v)
+    pick = v.add_mutually_exclusive_group()
+    pick.add_argument("--id", dest="backup_id", help="one backup id (default: the newest of each database)")
+    pick.add_argument("--all", action="store_true", help="every complete backup")
+    v.add_argument("--database", help="only this database")
+    v.add_argument(
+        "--restore-test",
+        action="store_true",
+        help="restore into a scratch database on PGOPS_PG_CONNINFO's server, check it, drop it",
+    )
+    v.add_argument("--identity-file", dest="PGOPS_AGE_IDENTITY_FILE", help="age private key (else sha256 only)")
+    v.add_argument("--pg-conninfo", dest="PGOPS_PG_CONNINFO", help="server for --restore-test")
+    v.add_argument("--json", action="store_true", help="machine-readable output")
+
+    st = sub.add_parser(
+        "status",
+        help="newest good backup per database; exit 11 when stale",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _common(st)
+    st.add_argument("--max-age", dest="PGOPS_STATUS_MAX_AGE", help="stale threshold, like 26h (PGOPS_STATUS_MAX_AGE)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
     c = sub.add_parser(
         "check",
         help="validate settings and prove the store is reachable and writable",
@@ -139,20 +169,98 @@ def _flags(ns: argparse.Namespace) -> dict[str, str]:
     return {k: str(v) for k, v in vars(ns).items() if k.startswith("PGOPS_") and v is not None}
 
 
+def _mark_all_failed(state: dict[str, dict[str, float]], attempt: float) -> None:
+    for fields in state.values():
+        fields.update(backup_last_attempt=attempt, backup_last_result=0)
+
+
 def cmd_backup(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    from pgops import metrics
     from pgops.backup import run_backup
     from pgops.storage import open_storage
 
     storage = open_storage(settings)
     progress = Progress("backup", None) if sys.stderr.isatty() else None
+    attempt = time.time()
     try:
         report = run_backup(settings, storage, progress=progress)
+    except PgOpsError:
+        # nothing was backed up: every database this host reported before has a failed attempt now
+        metrics.update(settings, lambda state: _mark_all_failed(state, attempt))
+        raise
     finally:
         if progress:
             progress.close()
+
+    def record(state: dict[str, dict[str, float]]) -> None:
+        for m in report.manifests:
+            metrics.set_fields(
+                state,
+                m.database,
+                backup_last_success=m.started_at.timestamp(),
+                backup_last_attempt=attempt,
+                backup_last_result=1,
+                backup_duration=m.duration,
+                backup_bytes=m.size,
+            )
+        for name in report.failures:
+            metrics.set_fields(state, name, backup_last_attempt=attempt, backup_last_result=0)
+
+    metrics.update(settings, record)
     for m in report.manifests:
         log.info("event=stored database=%s id=%s key=%s", pglog.q(m.database or "@globals"), m.id, pglog.q(m.key))
+    report.raise_for_failures()
     return ExitCode.OK
+
+
+def cmd_verify(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    from pgops import metrics
+    from pgops.storage import open_storage
+    from pgops.verify import run_verify
+
+    report = run_verify(
+        settings,
+        open_storage(settings),
+        backup_id=ns.backup_id,
+        database=ns.database,
+        everything=ns.all,
+        restore_test=ns.restore_test,
+    )
+
+    def record(state: dict[str, dict[str, float]]) -> None:
+        now = time.time()
+        for r in report.results:
+            fields: dict[str, float] = {"verify_last_result": 1 if r.ok else 0}
+            if r.ok:
+                fields["verify_last_success"] = now
+            if r.ok and r.restore_seconds is not None:
+                fields.update(drill_last_success=now, drill_seconds=r.restore_seconds)
+            metrics.set_fields(state, r.manifest.database, **fields)
+
+    metrics.update(settings, record)
+    if ns.json:
+        json.dump({"results": [r.to_json() for r in report.results]}, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    failed = [r for r in report.results if not r.ok]
+    if failed:
+        raise IntegrityError(
+            f"{len(failed)} of {len(report.results)} backups failed verification; first: "
+            f"{failed[0].manifest.id}: {failed[0].error}"
+        )
+    return ExitCode.OK
+
+
+def cmd_status(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    from pgops.status import render_table, run_status
+    from pgops.storage import open_storage
+
+    report = run_status(settings, open_storage(settings))
+    if ns.json:
+        json.dump(report.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_table(report, _human))
+    return ExitCode.STALE if report.stale else ExitCode.OK
 
 
 def _row(m: Manifest) -> list[str]:
@@ -241,12 +349,39 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], ExitCode]] = {
     "backup": cmd_backup,
     "list": cmd_list,
     "restore": cmd_restore,
+    "verify": cmd_verify,
+    "status": cmd_status,
     "check": cmd_check,
 }
+HEARTBEAT_COMMANDS = frozenset({"backup", "verify", "retention"})
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
+
+
+def _failed(command: str, e: PgOpsError) -> int:
+    log.error(
+        "event=failed command=%s exit=%d error_type=%s error=%s",
+        command,
+        int(e.exit_code),
+        type(e).__name__,
+        pglog.q(e),
+    )
+    return int(e.exit_code)
+
+
+def _dispatch(settings: Settings, ns: argparse.Namespace) -> int:
+    """Run one command; every exception becomes an exit code here, and only here."""
+    try:
+        return int(COMMANDS[ns.command](settings, ns))
+    except PgOpsError as e:
+        return _failed(ns.command, e)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    except Exception:
+        log.exception("event=failed command=%s exit=%d error_type=bug", ns.command, int(ExitCode.FAILURE))
+        return int(ExitCode.FAILURE)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -257,23 +392,18 @@ def run(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         old[sig] = signal.signal(sig, _on_signal)
     try:
-        settings = load_settings(_flags(ns), ns.env_file)
+        try:
+            settings = load_settings(_flags(ns), ns.env_file)
+        except PgOpsError as e:
+            return _failed(ns.command, e)
         pglog.configure(settings.log_format, settings.log_level)
-        return int(COMMANDS[ns.command](settings, ns))
-    except PgOpsError as e:
-        log.error(
-            "event=failed command=%s exit=%d error_type=%s error=%s",
-            ns.command,
-            int(e.exit_code),
-            type(e).__name__,
-            pglog.q(e),
-        )
-        return int(e.exit_code)
-    except KeyboardInterrupt:
-        return int(ExitCode.INTERRUPTED)
-    except Exception:
-        log.exception("event=failed command=%s exit=%d error_type=bug", ns.command, int(ExitCode.FAILURE))
-        return int(ExitCode.FAILURE)
+        heartbeat = ns.command in HEARTBEAT_COMMANDS
+        if heartbeat:
+            metrics.ping(settings, "start")
+        code = _dispatch(settings, ns)
+        if heartbeat:
+            metrics.ping(settings, "" if code == 0 else str(code))
+        return code
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)

@@ -98,6 +98,7 @@ class Manifest:
     database_properties: dict[str, Any] = dataclasses.field(default_factory=dict)
     reason: str = "scheduled"  # or "safety" for the backup taken before restore --replace
     server_side_encryption: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tables: tuple[dict[str, Any], ...] = ()  # per-table row estimates, for restore drills
     key: str = ""  # where this manifest was read from (not stored)
 
     @property
@@ -129,6 +130,7 @@ class Manifest:
         d["finished_at"] = iso(self.finished_at)
         d["duration_seconds"] = round(self.duration, 3)
         d["objects"] = [o.to_json() for o in self.objects]
+        d["tables"] = list(self.tables)
         return d
 
     def dumps(self) -> bytes:
@@ -160,6 +162,7 @@ class Manifest:
                 database_properties=dict(d.get("database_properties") or {}),
                 reason=d.get("reason", "scheduled"),
                 server_side_encryption=dict(d.get("server_side_encryption") or {}),
+                tables=tuple(d.get("tables") or ()),
                 key=key,
             )
         except IntegrityError:
@@ -173,19 +176,59 @@ def manifest_key(target: str, database: str | None, backup_id: str) -> str:
     return f"{target}/{group}/{backup_id}/{MANIFEST_NAME}"
 
 
+VERIFY_PREFIX = "verified-"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    """A successful `pgops verify`, recorded as <backup dir>/verified-<UTC time>-<mode>.json."""
+
+    at: dt.datetime
+    mode: str  # "quick" or "restore"
+    key: str
+
+
+def verification_key(m: Manifest, at: dt.datetime, mode: str) -> str:
+    return f"{m.prefix}/{VERIFY_PREFIX}{at.astimezone(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}-{mode}.json"
+
+
+def _parse_verification(key: str) -> Verification | None:
+    name = key.rsplit("/", 1)[-1]
+    if not name.startswith(VERIFY_PREFIX) or not name.endswith(".json"):
+        return None
+    stamp, _, mode = name[len(VERIFY_PREFIX) : -len(".json")].partition("-")
+    try:
+        at = dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+    return Verification(at, mode, key)
+
+
 @dataclasses.dataclass(frozen=True)
 class Catalog:
     """Every manifest under a storage prefix, read once. Unreadable ones are kept apart, never 'latest'."""
 
     manifests: tuple[Manifest, ...]
     unreadable: tuple[str, ...]
+    verifications: dict[str, tuple[Verification, ...]] = dataclasses.field(default_factory=dict)  # by prefix
+
+    def verified(self, m: Manifest) -> tuple[Verification, ...]:
+        """Successful verifications of this backup, newest first."""
+        return self.verifications.get(m.prefix, ())
+
+    def verified_ids(self) -> frozenset[str]:
+        return frozenset(m.id for m in self.manifests if self.verified(m))
 
     @classmethod
     def load(cls, storage: Storage, target: str | None = None) -> Catalog:
         prefix = f"{target}/" if target else ""
         good: list[Manifest] = []
         bad: list[str] = []
+        marks: dict[str, list[Verification]] = {}
         for info in storage.list(prefix):
+            mark = _parse_verification(info.key)
+            if mark is not None:
+                marks.setdefault(info.key.rsplit("/", 1)[0], []).append(mark)
             if not info.key.endswith("/" + MANIFEST_NAME):
                 continue
             try:
@@ -194,7 +237,8 @@ class Catalog:
                 log.warning("event=manifest_unreadable key=%s error=%r", info.key, str(e))
                 bad.append(info.key)
         good.sort(key=lambda m: (m.started_at, m.id), reverse=True)
-        return cls(tuple(good), tuple(sorted(bad)))
+        verifications = {k: tuple(sorted(v, key=lambda x: x.at, reverse=True)) for k, v in marks.items()}
+        return cls(tuple(good), tuple(sorted(bad)), verifications)
 
     def select(
         self,

@@ -52,6 +52,28 @@ class PgConn:
         env.setdefault("PGAPPNAME", "pgops")
         return env
 
+    def libpq_env(self) -> dict[str, str]:
+        """child_env plus the conninfo as PG* variables, for tools that take no connection string."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        names = {
+            "host": "PGHOST",
+            "hostaddr": "PGHOSTADDR",
+            "port": "PGPORT",
+            "user": "PGUSER",
+            "sslmode": "PGSSLMODE",
+            "sslrootcert": "PGSSLROOTCERT",
+            "sslcert": "PGSSLCERT",
+            "sslkey": "PGSSLKEY",
+            "service": "PGSERVICE",
+            "connect_timeout": "PGCONNECT_TIMEOUT",
+        }
+        env = self.child_env()
+        for key, value in conninfo_to_dict(self.conninfo).items():
+            if key in names and value is not None:
+                env[names[key]] = str(value)
+        return env
+
     def connect(self, dbname: str = "postgres", *, autocommit: bool = True) -> psycopg.Connection[Any]:
         import psycopg
 
@@ -326,3 +348,20 @@ def drop_database(conn: psycopg.Connection[Any], name: str) -> None:
     from psycopg import sql
 
     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def table_estimates(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Every user table with a cheap row estimate: no scan, only the planner's and the stats system's
+    numbers (reltuples is -1 for a table never vacuumed or analyzed)."""
+    rows = conn.execute(
+        """
+        SELECT n.nspname, c.relname, c.reltuples::bigint, coalesce(s.n_live_tup, -1)
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+        WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    return [{"schema": r[0], "name": r[1], "reltuples": r[2], "n_live_tup": r[3]} for r in rows]

@@ -204,7 +204,7 @@ def restore_globals(
     return g
 
 
-class _PipeSink:
+class PipeSink:
     """Writes into pg_restore's stdin. If pg_restore exits early, keeps consuming (so the hash still
     covers every byte) and lets the exit status tell what went wrong."""
 
@@ -225,7 +225,7 @@ class _PipeSink:
             self.stream.close()
 
 
-def _pg_restore_argv(bindir: Path, conn: PgConn, db: str, req: RestoreRequest) -> list[str]:
+def pg_restore_argv(bindir: Path, conn: PgConn, db: str, req: RestoreRequest) -> list[str]:
     argv = [str(bindir / "pg_restore"), "--exit-on-error", "--no-password", "--dbname", conn.for_db(db)]
     if req.no_owner:
         argv.append("--no-owner")
@@ -234,7 +234,7 @@ def _pg_restore_argv(bindir: Path, conn: PgConn, db: str, req: RestoreRequest) -
     return argv
 
 
-def _restore_streaming(
+def restore_streaming(
     storage: Storage,
     m: Manifest,
     argv: list[str],
@@ -246,7 +246,7 @@ def _restore_streaming(
     obj = m.object("dump")
     with running([*argv, "--format=custom"], env=env, stdin=subprocess.PIPE) as child:
         assert child.proc.stdin is not None
-        sink = _PipeSink(child.proc.stdin)
+        sink = PipeSink(child.proc.stdin)
         try:
             download_verified(storage, m, obj, sink, progress=progress, identities=identities)
         finally:
@@ -335,7 +335,7 @@ def run_restore(
     with conn.connect("postgres") as c:
         c.execute(create_database_sql(scratch, props, owner))
     try:
-        argv = _pg_restore_argv(bindir, conn, scratch, req)
+        argv = pg_restore_argv(bindir, conn, scratch, req)
         if req.jobs > 1:
             assert spool
             _restore_parallel(
@@ -349,7 +349,7 @@ def run_restore(
                 identities=identities,
             )
         else:
-            _restore_streaming(storage, m, argv, conn.child_env(), progress=progress, identities=identities)
+            restore_streaming(storage, m, argv, conn.child_env(), progress=progress, identities=identities)
         with conn.connect("postgres") as c:
             warnings = apply_database_properties(c, scratch, props, skip_missing_roles=req.no_owner or req.no_acl)
             renamed = _switch_in(c, scratch, target, replace=exists)

@@ -437,6 +437,30 @@ SPECS: tuple[Spec, ...] = (
         "a run in progress is never that old.",
         "36h",
     ),
+    # --- observability ----------------------------------------------------------------------------
+    Spec(
+        "METRICS_DIR",
+        _str,
+        "",
+        "Directory of node_exporter's textfile collector; pgops writes pgops.prom there atomically. Empty: off.",
+        "/var/lib/prometheus/node-exporter",
+    ),
+    Spec(
+        "HEARTBEAT_URL",
+        _secret,
+        "",
+        "healthchecks.io-style URL: pinged at start (/start), on success, and on failure (/<exit code>). "
+        "A failed ping never fails the run.",
+        "https://hc-ping.com/your-check-uuid",
+        secret=True,
+    ),
+    Spec(
+        "STATUS_MAX_AGE",
+        _duration,
+        "26h",
+        "pgops status exits 11 (stale) when a database's newest good backup is older than this.",
+        "26h",
+    ),
     # --- running --------------------------------------------------------------------------------
     Spec("LOCK_DIR", _str, "/run/lock", "Directory for the per-target lock file.", "/run/lock"),
     Spec(
@@ -500,6 +524,9 @@ class Settings:
     min_keep: int
     retention_timezone: str
     grace_period: int
+    metrics_dir: str
+    heartbeat_url: Secret
+    status_max_age: int
     lock_dir: str
     spool_dir: str
     log_format: str
