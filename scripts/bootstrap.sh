@@ -25,12 +25,13 @@ fi
 VENV=${VENV:-.venv}
 stamp="$VENV/.pins-$(cat requirements/dev.txt requirements/runtime.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "bootstrap: building $VENV from requirements/dev.txt"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
+  # Updated in place (pip installs only what changed), so a running test never loses its interpreter.
+  echo "bootstrap: installing the pinned requirements into $VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -r requirements/dev.txt -c requirements/runtime.txt
   "$VENV/bin/pip" install -q --no-deps -e .
+  rm -f "$VENV"/.pins-*
   touch "$stamp"
 fi
 echo "bootstrap: ok ($VENV)"
