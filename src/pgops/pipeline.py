@@ -210,20 +210,24 @@ class _Pull:
     def __init__(self, chunks: Iterator[bytes], stages: list[Transform]) -> None:
         self.chunks = chunks
         self.buf = bytearray()
+        self.pos = 0  # consumed prefix of buf; compacted lazily so small reads stay O(size)
         self.push = _Push(stages, self.buf.extend)
         self.done = False
 
     def read(self, size: int = -1) -> bytes:
         want = size if size > 0 else CHUNK
-        while len(self.buf) < want and not self.done:
+        while len(self.buf) - self.pos < want and not self.done:
+            if self.pos:
+                del self.buf[: self.pos]
+                self.pos = 0
             chunk = next(self.chunks, None)
             if chunk is None:
                 self.push.finish()
                 self.done = True
             else:
                 self.push.feed(chunk)
-        data = bytes(self.buf[:want])
-        del self.buf[:want]
+        data = bytes(self.buf[self.pos : self.pos + want])
+        self.pos += len(data)
         return data
 
 

@@ -51,3 +51,32 @@ def test_corrupt_or_truncated_compressed_stream_is_an_integrity_error(algorithm:
 )
 def test_split_guc_list(value: str, items: list[str]) -> None:
     assert split_guc_list(value) == items
+
+
+def test_encrypted_pump_round_trip_and_sink_errors_keep_their_type() -> None:
+    import io
+
+    import pyrage
+
+    from pgops.crypto import Recipients
+    from pgops.errors import ObjectExists
+    from pgops.pipeline import pump_decrypt
+
+    ident = pyrage.x25519.Identity.generate()
+    recipients = Recipients((str(ident.to_public()),))
+    data = [os.urandom(70_000) for _ in range(20)]
+    stored = bytearray()
+    res = pump(iter(data), [compressor("zstd", 3, 1)], stored.extend, encrypt=recipients)
+    assert stored.startswith(b"age-encryption.org/v1\n")
+    assert res.sha256 == hashlib.sha256(stored).hexdigest()
+    plain = bytearray()
+    back = pump_decrypt(
+        io.BytesIO(bytes(stored)), [ident], [decompressor("zstd")], plain.extend, what="t", recipients=[]
+    )
+    assert bytes(plain) == b"".join(data) and back.raw_sha256 == res.sha256 and back.sha256 == res.raw_sha256
+
+    def refusing_sink(_: bytes) -> None:
+        raise ObjectExists("the key appeared meanwhile")
+
+    with pytest.raises(ObjectExists, match="appeared meanwhile"):  # not pyrage's EncryptError
+        pump(iter(data), [compressor("zstd", 3, 1)], refusing_sink, encrypt=recipients)
