@@ -58,13 +58,27 @@ def peer(host: Any, request: pytest.FixtureRequest) -> Any:
 
 def psql_local(host: Any, sql: str, db: str = "postgres") -> str:
     """Run SQL as the postgres superuser through the Unix socket; fail the test on error."""
-    out: str = host.check_output(f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {shlex.quote(db)} -c {shlex.quote(sql)}")
+    out: str = host.check_output(
+        f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {shlex.quote(db)} -c {shlex.quote(sql)}"
+    )
     return out.strip()
 
 
-def psql_tcp(client: Any, addr: str, user: str, password: str, sql: str, sslmode: str = "require", db: str = "appdb",
-             extra: str = "") -> Any:
+def psql_tcp(
+    client: Any,
+    addr: str,
+    user: str,
+    password: str,
+    sql: str,
+    *,
+    sslmode: str = "require",
+    db: str = "appdb",
+    extra: str = "",
+) -> Any:
     """Run SQL over TCP from `client`; returns testinfra's CommandResult (rc, stdout, stderr)."""
     conninfo = f"host={addr} port=5432 dbname={db} user={user} sslmode={sslmode} connect_timeout=5 {extra}".strip()
-    cmd = f"PGPASSWORD={shlex.quote(password)} psql -XAtq -v ON_ERROR_STOP=1 {shlex.quote(conninfo)} -c {shlex.quote(sql)}"
+    cmd = (
+        f"PGPASSWORD={shlex.quote(password)} psql -XAtq -v ON_ERROR_STOP=1 "
+        f"{shlex.quote(conninfo)} -c {shlex.quote(sql)}"
+    )
     return client.run(cmd)
