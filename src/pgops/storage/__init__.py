@@ -25,4 +25,8 @@ def open_storage(settings: Settings) -> Storage:
         from pgops.storage.s3 import S3Storage
 
         return S3Storage.from_settings(url, settings)
-    raise ConfigError(f"PGOPS_STORAGE_URL={url!r}: scheme {scheme!r} is not supported yet; valid: s3, file")
+    if scheme == "gs":
+        from pgops.storage.gcs import GCSStorage
+
+        return GCSStorage.from_settings(url, settings)
+    raise ConfigError(f"PGOPS_STORAGE_URL={url!r}: scheme {scheme!r} is not supported; valid: s3, gs, file")
