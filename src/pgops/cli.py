@@ -15,15 +15,14 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from pgops import __version__, metrics
 from pgops import log as pglog
+from pgops import metrics
+from pgops.cli_args import build_parser
 from pgops.errors import ConfigError, ExitCode, IntegrityError, Interrupted, PgOpsError
 from pgops.manifest import Catalog, Manifest, iso, parse_time
 from pgops.settings import Settings, load_settings
 
 log = logging.getLogger("pgops.cli")
-
-EXIT_CODES_HELP = "exit codes:\n" + "\n".join(f"  {c.value:<4} {c.name.lower()}" for c in ExitCode)
 
 
 def _human(n: float) -> str:
@@ -61,108 +60,6 @@ class Progress:
     def close(self) -> None:
         if self.tty:
             sys.stderr.write("\n")
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env-file", help="settings file (default /etc/pgops/pgops.env; PGOPS_ENV_FILE)")
-    p.add_argument(
-        "--storage-url",
-        dest="PGOPS_STORAGE_URL",
-        help="s3://bucket/prefix, gs://bucket/prefix or file:///dir",
-    )
-    p.add_argument("--target", dest="PGOPS_TARGET", help="name of the backed-up server (default: short host name)")
-    p.add_argument("--log-format", dest="PGOPS_LOG_FORMAT", choices=["logfmt", "json"])
-    p.add_argument("--log-level", dest="PGOPS_LOG_LEVEL", choices=["debug", "info", "warning", "error"])
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pgops",
-        description="Streaming logical backups of PostgreSQL to S3, GCS or a local directory.",
-        epilog=EXIT_CODES_HELP + "\n\nSettings: env file < PGOPS_* environment < flags. See docs/configuration.md.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"pgops {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.RawDescriptionHelpFormatter
-
-    b = sub.add_parser(
-        "backup", help="dump globals and databases to storage", epilog=EXIT_CODES_HELP, formatter_class=fmt
-    )
-    _common(b)
-    b.add_argument("--databases", dest="PGOPS_DATABASES", help="'all' or a comma-separated list")
-    b.add_argument("--exclude-databases", dest="PGOPS_EXCLUDE_DATABASES")
-    b.add_argument("--compression", dest="PGOPS_COMPRESSION", choices=["zstd", "gzip", "none"])
-    b.add_argument("--compression-level", dest="PGOPS_COMPRESSION_LEVEL")
-    b.add_argument("--compression-threads", dest="PGOPS_COMPRESSION_THREADS")
-    b.add_argument("--no-globals", dest="PGOPS_GLOBALS", action="store_const", const="false")
-
-    ls = sub.add_parser("list", help="list complete backups, newest first", epilog=EXIT_CODES_HELP, formatter_class=fmt)
-    _common(ls)
-    ls.add_argument("--database", help="only this database")
-    ls.add_argument("--all-targets", action="store_true", help="every target under the storage prefix")
-    ls.add_argument("--json", action="store_true", help="machine-readable output")
-
-    r = sub.add_parser(
-        "restore",
-        help="restore a backup into a new (or, with --replace, the same) database",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=fmt,
-    )
-    _common(r)
-    r.add_argument("--database", required=True, help="database name as recorded in the backup")
-    which = r.add_mutually_exclusive_group()
-    which.add_argument("--id", dest="backup_id", help="a backup id (default: latest)")
-    which.add_argument("--before", help="latest backup started at or before this ISO 8601 time")
-    r.add_argument("--target-db", help="name of the restored database (default: <database>_<backup time>)")
-    r.add_argument("--from-target", help="restore another server's backups (its PGOPS_TARGET)")
-    r.add_argument("--replace", action="store_true", help="replace an existing database: safety backup, then swap")
-    r.add_argument("--jobs", type=int, default=1, help="parallel pg_restore jobs (needs --spool-dir)")
-    r.add_argument("--spool-dir", help="directory for the local copy that --jobs needs (PGOPS_SPOOL_DIR)")
-    r.add_argument("--with-globals", action="store_true", help="recreate roles and tablespaces first")
-    r.add_argument("--identity-file", dest="PGOPS_AGE_IDENTITY_FILE", help="age private key for encrypted backups")
-    r.add_argument("--no-owner", action="store_true", help="do not restore object ownership")
-    r.add_argument("--no-acl", action="store_true", help="do not restore grants")
-    r.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-
-    v = sub.add_parser(
-        "verify",
-        help="check backups: sha256 and a full archive parse, or a restore drill",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=fmt,
-    )
-    _common(v)
-    pick = v.add_mutually_exclusive_group()
-    pick.add_argument("--id", dest="backup_id", help="one backup id (default: the newest of each database)")
-    pick.add_argument("--all", action="store_true", help="every complete backup")
-    v.add_argument("--database", help="only this database")
-    v.add_argument(
-        "--restore-test",
-        action="store_true",
-        help="restore into a scratch database on PGOPS_PG_CONNINFO's server, check it, drop it",
-    )
-    v.add_argument("--identity-file", dest="PGOPS_AGE_IDENTITY_FILE", help="age private key (else sha256 only)")
-    v.add_argument("--pg-conninfo", dest="PGOPS_PG_CONNINFO", help="server for --restore-test")
-    v.add_argument("--json", action="store_true", help="machine-readable output")
-
-    st = sub.add_parser(
-        "status",
-        help="newest good backup per database; exit 11 when stale",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=fmt,
-    )
-    _common(st)
-    st.add_argument("--max-age", dest="PGOPS_STATUS_MAX_AGE", help="stale threshold, like 26h (PGOPS_STATUS_MAX_AGE)")
-    st.add_argument("--json", action="store_true", help="machine-readable output")
-
-    c = sub.add_parser(
-        "check",
-        help="validate settings and prove the store is reachable and writable",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=fmt,
-    )
-    _common(c)
-    return parser
 
 
 def _flags(ns: argparse.Namespace) -> dict[str, str]:
@@ -248,6 +145,36 @@ def cmd_verify(settings: Settings, ns: argparse.Namespace) -> ExitCode:
             f"{failed[0].manifest.id}: {failed[0].error}"
         )
     return ExitCode.OK
+
+
+def cmd_retention(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    from pgops.retention import render_plan_table, run_retention
+    from pgops.storage import open_storage
+
+    storage = open_storage(settings)
+    catalog = Catalog.load(storage, settings.target)
+    verified = frozenset(m.prefix for m in catalog.manifests if catalog.verified(m))
+    report = run_retention(settings, storage, dry_run=ns.dry_run, verified_ids=verified)
+    if not ns.dry_run:
+
+        def record(state: dict[str, dict[str, float]]) -> None:
+            counts: dict[str, dict[str, float]] = {}
+            for o in report.outcomes:
+                c = counts.setdefault(o.decision.candidate.database or "@globals", {})
+                field = {"keep": "retention_kept", "locked": "retention_locked"}.get(o.action, "retention_deleted")
+                for f in ("retention_kept", "retention_deleted", "retention_locked"):
+                    c.setdefault(f, 0)
+                c[field] += 1
+            for database, fields in counts.items():
+                metrics.set_fields(state, database, **fields)
+
+        metrics.update(settings, record)
+    if ns.json:
+        json.dump(report.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_plan_table(report))
+    return report.exit_code
 
 
 def cmd_status(settings: Settings, ns: argparse.Namespace) -> ExitCode:
@@ -351,6 +278,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], ExitCode]] = {
     "restore": cmd_restore,
     "verify": cmd_verify,
     "status": cmd_status,
+    "retention": cmd_retention,
     "check": cmd_check,
 }
 HEARTBEAT_COMMANDS = frozenset({"backup", "verify", "retention"})

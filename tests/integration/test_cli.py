@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import subprocess
+import time
 
 from pgops.errors import ExitCode
 from tests.fixtures.engine import PGOPS, Engine, _child_env
@@ -80,3 +81,23 @@ def test_check_passes_and_missing_bucket_fails_fast(engine: Engine) -> None:
     assert missing.returncode == ExitCode.STORAGE
     errors = [line for line in missing.stderr.splitlines() if "level=error" in line]
     assert len(errors) == 1 and "PGOPS_STORAGE_URL" in errors[0]
+
+
+def test_retention_cli_dry_run_matches_real_run_and_keeps_newest_verified(engine: Engine, pg: Cluster) -> None:
+    db = _small(pg)
+    ids = []
+    for i in range(3):
+        engine.run(["backup", "--databases", db, "--no-globals"], check=True)
+        ids.append(json.loads(engine.run(["list", "--json"], check=True).stdout)["backups"][0]["id"])
+        if i == 0:
+            engine.run(["verify", "--id", ids[0]], check=True)  # the oldest one is the only verified backup
+        time.sleep(1.1)
+    policy = {"PGOPS_KEEP_LAST": "1", "PGOPS_KEEP_DAILY": "0", "PGOPS_KEEP_WEEKLY": "0", "PGOPS_KEEP_MONTHLY": "0"}
+    dry = json.loads(engine.run(["retention", "--dry-run", "--json"], check=True, extra=policy).stdout)
+    assert dry["deleted_keys"] == [] and dry["planned_keys"]
+    table = engine.run(["retention", "--dry-run"], check=True, extra=policy).stdout
+    assert ids[1] in table
+    real = json.loads(engine.run(["retention", "--json"], check=True, extra=policy).stdout)
+    assert real["deleted_keys"] == dry["planned_keys"]
+    left = {b["id"] for b in json.loads(engine.run(["list", "--json"], check=True).stdout)["backups"]}
+    assert left == {ids[0], ids[2]}  # newest (keep-last 1) and the newest verified one

@@ -15,22 +15,10 @@ from pgops.errors import ObjectExists, ObjectNotFound, StorageError
 from pgops.storage import Storage
 from pgops.storage.local import LocalStorage
 from pgops.storage.s3 import S3Storage
+from tests.fixtures.objstore import store_leftovers as leftovers
 
 MiB = 1024**2
 PART = 5 * MiB  # the part size the fixtures configure (the S3 minimum)
-
-
-def leftovers(storage: Storage) -> list[str]:
-    """Everything physically left in the store: every file (temp files too) or object and multipart upload."""
-    if isinstance(storage, LocalStorage):
-        if not storage.root.exists():
-            return []
-        return sorted(str(p.relative_to(storage.root)) for p in storage.root.rglob("*") if not p.is_dir())
-    assert isinstance(storage, S3Storage)
-    client, bucket = storage.client, storage.bucket
-    objects = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
-    uploads = [f"upload:{u['Key']}" for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
-    return sorted(objects + uploads)
 
 
 def in_store(storage: Storage, key: str) -> str:

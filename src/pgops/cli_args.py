@@ -1,0 +1,127 @@
+"""The `pgops` command line: subcommands, flags and the exit-code epilogue. Flags named like a setting
+(dest="PGOPS_...") override the env file and the environment."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pgops import __version__
+from pgops.errors import ExitCode
+
+EXIT_CODES_HELP = "exit codes:\n" + "\n".join(f"  {c.value:<4} {c.name.lower()}" for c in ExitCode)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env-file", help="settings file (default /etc/pgops/pgops.env; PGOPS_ENV_FILE)")
+    p.add_argument(
+        "--storage-url",
+        dest="PGOPS_STORAGE_URL",
+        help="s3://bucket/prefix, gs://bucket/prefix or file:///dir",
+    )
+    p.add_argument("--target", dest="PGOPS_TARGET", help="name of the backed-up server (default: short host name)")
+    p.add_argument("--log-format", dest="PGOPS_LOG_FORMAT", choices=["logfmt", "json"])
+    p.add_argument("--log-level", dest="PGOPS_LOG_LEVEL", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgops",
+        description="Streaming logical backups of PostgreSQL to S3, GCS or a local directory.",
+        epilog=EXIT_CODES_HELP + "\n\nSettings: env file < PGOPS_* environment < flags. See docs/configuration.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pgops {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    b = sub.add_parser(
+        "backup", help="dump globals and databases to storage", epilog=EXIT_CODES_HELP, formatter_class=fmt
+    )
+    _common(b)
+    b.add_argument("--databases", dest="PGOPS_DATABASES", help="'all' or a comma-separated list")
+    b.add_argument("--exclude-databases", dest="PGOPS_EXCLUDE_DATABASES")
+    b.add_argument("--compression", dest="PGOPS_COMPRESSION", choices=["zstd", "gzip", "none"])
+    b.add_argument("--compression-level", dest="PGOPS_COMPRESSION_LEVEL")
+    b.add_argument("--compression-threads", dest="PGOPS_COMPRESSION_THREADS")
+    b.add_argument("--no-globals", dest="PGOPS_GLOBALS", action="store_const", const="false")
+
+    ls = sub.add_parser("list", help="list complete backups, newest first", epilog=EXIT_CODES_HELP, formatter_class=fmt)
+    _common(ls)
+    ls.add_argument("--database", help="only this database")
+    ls.add_argument("--all-targets", action="store_true", help="every target under the storage prefix")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    r = sub.add_parser(
+        "restore",
+        help="restore a backup into a new (or, with --replace, the same) database",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _common(r)
+    r.add_argument("--database", required=True, help="database name as recorded in the backup")
+    which = r.add_mutually_exclusive_group()
+    which.add_argument("--id", dest="backup_id", help="a backup id (default: latest)")
+    which.add_argument("--before", help="latest backup started at or before this ISO 8601 time")
+    r.add_argument("--target-db", help="name of the restored database (default: <database>_<backup time>)")
+    r.add_argument("--from-target", help="restore another server's backups (its PGOPS_TARGET)")
+    r.add_argument("--replace", action="store_true", help="replace an existing database: safety backup, then swap")
+    r.add_argument("--jobs", type=int, default=1, help="parallel pg_restore jobs (needs --spool-dir)")
+    r.add_argument("--spool-dir", help="directory for the local copy that --jobs needs (PGOPS_SPOOL_DIR)")
+    r.add_argument("--with-globals", action="store_true", help="recreate roles and tablespaces first")
+    r.add_argument("--identity-file", dest="PGOPS_AGE_IDENTITY_FILE", help="age private key for encrypted backups")
+    r.add_argument("--no-owner", action="store_true", help="do not restore object ownership")
+    r.add_argument("--no-acl", action="store_true", help="do not restore grants")
+    r.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    c = sub.add_parser(
+        "check",
+        help="validate settings and prove the store is reachable and writable",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _common(c)
+    _add_observability(sub, fmt)
+    return parser
+
+
+def _add_observability(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    v = sub.add_parser(
+        "verify",
+        help="check backups: sha256 and a full archive parse, or a restore drill",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _common(v)
+    pick = v.add_mutually_exclusive_group()
+    pick.add_argument("--id", dest="backup_id", help="one backup id (default: the newest of each database)")
+    pick.add_argument("--all", action="store_true", help="every complete backup")
+    v.add_argument("--database", help="only this database")
+    v.add_argument(
+        "--restore-test",
+        action="store_true",
+        help="restore into a scratch database on PGOPS_PG_CONNINFO's server, check it, drop it",
+    )
+    v.add_argument("--identity-file", dest="PGOPS_AGE_IDENTITY_FILE", help="age private key (else sha256 only)")
+    v.add_argument("--pg-conninfo", dest="PGOPS_PG_CONNINFO", help="server for --restore-test")
+    v.add_argument("--json", action="store_true", help="machine-readable output")
+
+    rt = sub.add_parser(
+        "retention",
+        help="delete what the keep rules do not keep (data first, manifest last); --dry-run shows it",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _common(rt)
+    rt.add_argument("--dry-run", action="store_true", help="print exactly what a real run would delete, and why")
+    rt.add_argument("--json", action="store_true", help="machine-readable output")
+
+    st = sub.add_parser(
+        "status",
+        help="newest good backup per database; exit 11 when stale",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _common(st)
+    st.add_argument("--max-age", dest="PGOPS_STATUS_MAX_AGE", help="stale threshold, like 26h (PGOPS_STATUS_MAX_AGE)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
