@@ -1,0 +1,320 @@
+"""pgops benchmark: pgops backup/restore side by side with pg_dump, gzip, zstd and pgBackRest, in ONE run.
+
+    make bench BENCH_ARGS="--scale 50 --repeat 3 --rss-scales 10,100"
+
+Starts a throwaway PostgreSQL 15 cluster, builds a pgbench database plus a table of mixed-entropy rows of
+about the same size, runs every variant --repeat times (interleaved, so machine noise hits all of them
+alike), then prints a markdown table with the target verdicts and writes bench/results/<time>.json.
+Everything lives in one temp directory that is removed at the end, also on failure or Ctrl-C.
+See bench/README.md for what is measured and how to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import report  # noqa: E402
+from bench.cluster import BINDIR, BenchCluster, PgBackRest, make_dataset  # noqa: E402
+from bench.measure import CommandFailed, Sample, run_measured  # noqa: E402
+from bench.objstore import MotoServer  # noqa: E402
+
+PGOPS = [sys.executable, "-m", "pgops"]
+DB = "bench"
+BUCKET = "pgops-bench"
+BACKUP_DONE = re.compile(r"event=backup_done database=(\S+) id=\S+ bytes=(\d+)(?: raw_bytes=(\d+))?")
+ZSTD_LEVELS = (1, 3, 6, 9)
+
+
+class Bench:
+    def __init__(self, root: Path, cluster: BenchCluster, moto: MotoServer, pgbr: PgBackRest) -> None:
+        self.root, self.cluster, self.moto, self.pgbr = root, cluster, moto, pgbr
+        self.files, self.stores, self.spool, self.logs = (root / d for d in ("files", "stores", "spool", "logs"))
+        for d in (self.files, self.stores, self.spool, self.logs, root / "lock"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.env_file = root / "empty.env"
+        self.env_file.write_text("")
+        self.samples: list[Sample] = []
+        self.run_no = 0
+        self.expected_rows: dict[str, int] = {}
+        self.dataset: dict[str, Any] = {}
+        self.failures: list[dict[str, Any]] = []
+
+    # --- plumbing ------------------------------------------------------------------------------------
+
+    def base_env(self) -> dict[str, str]:
+        """The caller's environment without any PG*, PGOPS_* or AWS_* variable, and no ~/.aws."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "AWS_"))}
+        env.update(
+            AWS_CONFIG_FILE=str(self.root / "no-aws-config"),
+            AWS_SHARED_CREDENTIALS_FILE=str(self.root / "no-aws-credentials"),
+            AWS_EC2_METADATA_DISABLED="true",
+        )
+        return env
+
+    def pgops_env(self, dbname: str, **settings: str) -> dict[str, str]:
+        env = self.base_env()
+        env.update(
+            PGOPS_ENV_FILE=str(self.env_file),
+            PGOPS_PG_CONNINFO=self.cluster.conninfo,
+            PGOPS_PG_BINDIR=str(BINDIR),
+            PGOPS_TARGET="bench",
+            PGOPS_DATABASES=dbname,
+            PGOPS_LOCK_DIR=str(self.root / "lock"),
+        )
+        env.update(settings)
+        return env
+
+    def measure(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, stdout: Path | None = None,
+                emulator: bool = False) -> tuple[Sample, str]:  # fmt: skip
+        self.cluster.quiesce()
+        log_dir = self.logs / f"run{self.run_no}"
+        log_dir.mkdir(exist_ok=True)
+        sample, stderr = run_measured(
+            re.sub(r"[^\w.-]+", "_", name), argv, env=env or self.base_env(), server_pid=self.cluster.postmaster_pid,
+            stdout=stdout, aux_pid=self.moto.pid if emulator else None, log_dir=log_dir,
+        )  # fmt: skip
+        sample.name = name
+        sample.extra["run"] = self.run_no
+        self.samples.append(sample)
+        rss = f"{(sample.hwm_kib or sample.maxrss_kib) / 1024:6.1f}"
+        stored = f"  stored {sample.stored_bytes / 1e6:8.1f} MB" if sample.stored_bytes else ""
+        print(f"  {name:<44} {sample.wall:7.2f} s  cpu {sample.cpu:6.2f} s  rss {rss} MiB{stored}", flush=True)
+        return sample, stderr
+
+    @contextlib.contextmanager
+    def tolerate(self, name: str) -> Iterator[None]:
+        """A failed variant is recorded with its error (and the emulator's complaints) and the run goes on."""
+        try:
+            yield
+        except CommandFailed as e:
+            failure: dict[str, Any] = {"run": self.run_no, "variant": name, "error": str(e)}
+            if "s3" in name:
+                failure["emulator_log"] = self.moto.log_tail()
+            self.failures.append(failure)
+            print(f"  FAILED {name}: {e}", flush=True)
+
+    def pg_dump(self, *opts: str, dbname: str = DB) -> list[str]:
+        return [str(BINDIR / "pg_dump"), *opts, "-d", self.cluster.dsn(dbname)]
+
+    @staticmethod
+    def pipeline(*commands: list[str]) -> list[str]:
+        return ["bash", "-o", "pipefail", "-c", " | ".join(shlex.join(c) for c in commands)]
+
+    def pgops_backup(self, name: str, env: dict[str, str], *, emulator: bool = False) -> Sample:
+        sample, stderr = self.measure(name, [*PGOPS, "backup"], env=env, emulator=emulator)
+        done = BACKUP_DONE.findall(stderr)
+        sample.stored_bytes = sum(int(b) for _, b, _ in done)  # dump + globals, as the store holds them
+        sample.extra["dump_bytes"] = next(int(b) for db, b, _ in done if db != "@globals")
+        sample.extra["raw_bytes"] = next(int(r) for db, _, r in done if db != "@globals")
+        return sample
+
+    def check_restored(self, dbname: str) -> None:
+        got = self.cluster.row_counts(dbname)
+        if got != self.expected_rows:
+            raise RuntimeError(f"restored {dbname} has rows {got}, the source has {self.expected_rows}")
+        self.cluster.drop_database(dbname)
+
+    # --- the variants ----------------------------------------------------------------------------------
+
+    def dumps(self) -> None:
+        f = self.files
+        z0 = self.pg_dump("-Fc", "-Z0")
+        self.measure("pg_dump -Fc -Z0 > /dev/null (floor)", z0)
+        for name, argv, out in (
+            ("pg_dump -Fc -Z0 -f file", [*z0, "-f", str(f / "z0.dump")], f / "z0.dump"),  # kept for the restores
+            ("pg_dump -Fc -f file (gzip in pg_dump)", [*self.pg_dump("-Fc"), "-f", str(f / "fc.dump")], f / "fc.dump"),
+        ):
+            s, _ = self.measure(name, argv)
+            s.stored_bytes = out.stat().st_size
+        self.measure("pg_dump -Fc -Z0 | gzip > file", self.pipeline(z0, ["gzip"]), stdout=f / "dump.gz")
+        self.measure("pg_dump -Fc -Z0 | zstd -1 -T2 > file", self.pipeline(z0, ["zstd", "-q", "-1", "-T2"]),
+                     stdout=f / "dump.zst")  # fmt: skip
+        for p in (f / "fc.dump", f / "dump.gz", f / "dump.zst"):
+            p.unlink()
+
+    def pgops_backups(self) -> None:
+        for level in (3, 1):
+            store = self.stores / f"local-z{level}"
+            env = self.pgops_env(DB, PGOPS_STORAGE_URL=f"file://{store}", PGOPS_COMPRESSION_LEVEL=str(level))
+            name = f"pgops backup → file:// ({'default settings, zstd 3' if level == 3 else 'zstd 1'})"
+            with self.tolerate(name):
+                self.pgops_backup(name, env)
+        prefix = f"run{self.run_no}"
+        env = self.pgops_env(DB, **self.moto.env(BUCKET, prefix))
+        with self.tolerate(name := "pgops backup → s3:// moto (zstd 3)"):
+            s = self.pgops_backup(name, env, emulator=True)
+            s.extra["listed_bytes"] = self.moto.stored_bytes(BUCKET, prefix)
+        self.moto.empty(BUCKET, prefix)
+
+    def pgbackrest(self) -> None:
+        self.cluster.set_archive_command(self.pgbr.archive_command)
+        try:
+            with self.tolerate(name := "pgBackRest full backup (zst 1, 2 processes)"):
+                s, _ = self.measure(name, self.pgbr.argv("backup", "--type=full"))
+                s.stored_bytes = self.pgbr.last_backup_size()
+        finally:
+            self.cluster.set_archive_command("/bin/true")
+        target = self.pgbr.new_restore_dir(f"restore-{self.run_no}")
+        try:
+            with self.tolerate(name := "pgBackRest restore (new data dir)"):
+                self.measure(name, self.pgbr.argv("restore", f"--pg1-path={target}"))
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
+
+    def restores(self) -> None:
+        pg_restore = [str(BINDIR / "pg_restore"), "--exit-on-error"]
+        env = self.pgops_env(DB, PGOPS_STORAGE_URL=f"file://{self.stores / 'local-z3'}")
+        restore = [*PGOPS, "restore", "--database", DB, "--target-db", "r_pgops"]
+        into = self.cluster.dsn("r_pg_restore")
+        variants: list[tuple[str, list[str], dict[str, str] | None, str]] = [
+            (f"pg_restore -j{j} (local -Fc -Z0 file)", [*pg_restore, f"--jobs={j}", "-d", into,
+             str(self.files / "z0.dump")], None, "r_pg_restore") for j in (2, 1)
+        ]  # fmt: skip
+        variants += [
+            ("pgops restore --jobs 2 --spool-dir (file://)", [*restore, "--jobs", "2", "--spool-dir", str(self.spool)],
+             env, "r_pgops"),
+            ("pgops restore, streaming (file://)", restore, env, "r_pgops"),
+        ]  # fmt: skip
+        for name, argv, variant_env, db in variants:
+            self.cluster.drop_database(db)
+            if db == "r_pg_restore":
+                self.cluster.create_database(db)
+            with self.tolerate(name):
+                self.measure(name, argv, env=variant_env)
+                self.check_restored(db)
+
+    def zstd_levels(self) -> None:
+        """How size and speed trade off on this dump: zstd CLI on the -Z0 file, already in page cache."""
+        out = self.files / "level.zst"
+        for level in ZSTD_LEVELS:
+            self.measure(f"zstd -{level} -T2 on the -Z0 file", ["zstd", "-q", "-c", f"-{level}", "-T2",
+                         str(self.files / "z0.dump")], stdout=out)  # fmt: skip
+        self.measure("gzip -6 on the -Z0 file", ["gzip", "-c", str(self.files / "z0.dump")], stdout=out)
+        out.unlink()
+
+    def rss_scales(self, scales: list[int]) -> None:
+        for scale in scales:
+            db = f"bench_s{scale}"
+            print(f"-- RSS flatness: loading scale {scale}", flush=True)
+            make_dataset(self.cluster, db, scale)
+            size = self.cluster.db_size(db)
+            store = self.stores / f"rss-{scale}"
+            env = self.pgops_env(db, PGOPS_STORAGE_URL=f"file://{store}")
+            with self.tolerate(name := f"pgops backup → file:// scale {scale}"):
+                s = self.pgops_backup(name, env)
+                s.extra.update(scale=scale, db_bytes=size)
+            env = self.pgops_env(db, **self.moto.env(BUCKET, f"rss-{scale}"))
+            with self.tolerate(name := f"pgops backup → s3:// scale {scale}"):
+                s = self.pgops_backup(name, env, emulator=True)
+                s.extra.update(scale=scale, db_bytes=size)
+            self.moto.empty(BUCKET, f"rss-{scale}")
+            shutil.rmtree(store)
+            self.cluster.drop_database(db)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", type=int, default=50, help="pgbench scale; the mixed table matches it (default 50)")
+    p.add_argument("--repeat", type=int, default=1, help="run every variant N times, interleaved (default 1)")
+    p.add_argument("--rss-scales", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                   help="also back up fresh databases at these scales with pgops only, e.g. 10,100")  # fmt: skip
+    p.add_argument("--rss-only", action="store_true", help="skip the comparison; only the --rss-scales phase")
+    p.add_argument("--workdir", default=None, help="parent of the temp directory (default: $TMPDIR or /tmp)")
+    p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--keep", action="store_true", help="keep the temp directory (cluster stopped) for inspection")
+    return p.parse_args(argv)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: cluster stopped, temp dir removed
+
+
+@contextlib.contextmanager
+def bench_environment(scale: int, workdir: str | None = None, *, keep: bool = False) -> Iterator[Bench]:
+    """A running cluster holding the data set at `scale`, the S3 emulator and a pgBackRest stanza, all in
+    one temp directory; stopped and removed on exit, whatever happens (SIGTERM included)."""
+    signal.signal(signal.SIGTERM, _terminate)
+    root = Path(tempfile.mkdtemp(prefix="pgops-bench-", dir=workdir))
+    os.chmod(root, 0o755)  # noqa: S103 - the postgres user runs the cluster and pgBackRest below it
+    (root / "pg").mkdir()
+    cluster = BenchCluster(root / "pg")
+    moto: MotoServer | None = None
+    try:
+        cluster.init_and_start()
+        print(f"-- loading pgbench scale {scale} + mixed rows into {DB!r}", flush=True)
+        t0 = time.monotonic()
+        make_dataset(cluster, DB, scale)
+        moto = MotoServer(root / "moto.log")
+        moto.create_bucket(BUCKET)
+        pgbr = PgBackRest(cluster, root / "pgbackrest")
+        pgbr.stanza_create()
+        bench = Bench(root, cluster, moto, pgbr)
+        bench.expected_rows = cluster.row_counts(DB)
+        bench.dataset = {"scale": scale, "db_bytes": cluster.db_size(DB), "load_seconds": time.monotonic() - t0}
+        print(f"   {bench.dataset['db_bytes'] / 1e6:.0f} MB in {bench.dataset['load_seconds']:.0f} s", flush=True)
+        bench.measure("warm-up (not reported)", bench.pg_dump("-Fc", "-Z0"))
+        bench.samples.clear()
+        yield bench
+    finally:
+        if moto is not None:
+            moto.stop()
+        cluster.stop()
+        if keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = dt.datetime.now(dt.UTC)
+    commit_at_start = report.git_commit()  # other work may land in src/ during a long run: both are recorded
+    with bench_environment(args.scale, args.workdir, keep=args.keep) as bench:
+        if not args.rss_only:
+            for n in range(1, args.repeat + 1):
+                bench.run_no = n
+                print(f"-- run {n}/{args.repeat}", flush=True)
+                bench.dumps()
+                bench.pgops_backups()
+                bench.pgbackrest()
+                bench.restores()
+            bench.zstd_levels()
+        bench.run_no = 0
+        bench.rss_scales(args.rss_scales)
+        run_args = vars(args) | {"results_dir": str(args.results_dir)}
+        version = bench.cluster.version()
+        result = report.build(
+            bench.samples, args=run_args, dataset=bench.dataset, started=started, server_version=version
+        )
+        result["failures"] = bench.failures
+        result["machine"]["git_commit_at_start"] = commit_at_start
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(report.markdown(result))
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
