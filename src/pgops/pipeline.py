@@ -52,20 +52,46 @@ class ZstdCompress:
         return self._obj.flush()
 
 
+# Dumps of padded rows compress 100x and more: one input chunk can inflate to hundreds of MiB at once.
+# So the zstd decompressor pushes its output downstream in pieces of at most OUTPUT_PIECE bytes while
+# it works (python-zstandard's stream_writer), instead of returning everything from one call.
+OUTPUT_PIECE = 1024 * 1024
+
+
+class _Emitter:
+    def __init__(self, emit: Callable[[bytes], None]) -> None:
+        self.emit = emit
+
+    def write(self, data: bytes) -> int:
+        self.emit(bytes(data))
+        return len(data)
+
+
 class ZstdDecompress:
+    """A pushing stage: attach() gives it the downstream; update() returns nothing itself."""
+
     def __init__(self) -> None:
         import zstandard
 
         self._zstd = zstandard
-        self._obj = zstandard.ZstdDecompressor().decompressobj()
+        self._writer: Any = None
+
+    def attach(self, emit: Callable[[bytes], None]) -> None:
+        dctx = self._zstd.ZstdDecompressor()
+        out: Any = _Emitter(emit)  # only write() is used; the stubs ask for a full IO[bytes]
+        self._writer = dctx.stream_writer(out, write_size=OUTPUT_PIECE, closefd=False)
 
     def update(self, data: bytes) -> bytes:
+        assert self._writer is not None, "ZstdDecompress must be attached to a pipeline"
         try:
-            return self._obj.decompress(data)
+            self._writer.write(data)
         except self._zstd.ZstdError as e:
             raise IntegrityError(f"the stored zstd stream is corrupt: {e}") from None
+        return b""
 
     def finish(self) -> bytes:
+        if self._writer is not None:
+            self._writer.flush()
         return b""
 
 
@@ -81,14 +107,26 @@ class GzipCompress:
 
 
 class GzipDecompress:
+    """A pushing stage like ZstdDecompress: output leaves in pieces of at most OUTPUT_PIECE bytes."""
+
     def __init__(self) -> None:
         self._obj = zlib.decompressobj(31)
+        self._emit: Callable[[bytes], None] | None = None
+
+    def attach(self, emit: Callable[[bytes], None]) -> None:
+        self._emit = emit
 
     def update(self, data: bytes) -> bytes:
+        assert self._emit is not None, "GzipDecompress must be attached to a pipeline"
         try:
-            return self._obj.decompress(data)
+            while data:
+                piece = self._obj.decompress(data, OUTPUT_PIECE)
+                if piece:
+                    self._emit(piece)
+                data = self._obj.unconsumed_tail
         except zlib.error as e:
             raise IntegrityError(f"the stored gzip stream is corrupt: {e}") from None
+        return b""
 
     def finish(self) -> bytes:
         if not self._obj.eof:
@@ -186,6 +224,10 @@ class _Push:
 
     def __init__(self, stages: list[Transform], sink: Callable[[bytes], object]) -> None:
         self.stages, self.sink, self.out = stages, sink, Meter()
+        for i, stage in enumerate(stages):
+            attach = getattr(stage, "attach", None)
+            if attach is not None:  # a stage that pushes its own output downstream, piece by piece
+                attach(lambda data, nxt=i + 1: self._emit(data, nxt))
 
     def _emit(self, data: bytes, start: int) -> None:
         for stage in self.stages[start:]:

@@ -326,10 +326,10 @@ SPECS: tuple[Spec, ...] = (
     Spec(
         "S3_PART_SIZE",
         _size(5 * 1024**2, 5 * 1024**3),
-        "16MiB",
+        "8MiB",
         "First multipart part size. It doubles "
         "every 1000 parts, so an unknown-size stream never reaches the 10,000-part limit.",
-        "16MiB",
+        "8MiB",
     ),
     Spec("S3_MAX_ATTEMPTS", _int_range(1, 20), "5", "Attempts per request/part, with exponential backoff.", "5"),
     Spec(

@@ -80,3 +80,26 @@ def test_encrypted_pump_round_trip_and_sink_errors_keep_their_type() -> None:
 
     with pytest.raises(ObjectExists, match="appeared meanwhile"):  # not pyrage's EncryptError
         pump(iter(data), [compressor("zstd", 3, 1)], refusing_sink, encrypt=recipients)
+
+
+@pytest.mark.parametrize("algorithm", ["zstd", "gzip"])
+def test_decompression_memory_is_bounded_by_output_pieces(algorithm: str) -> None:
+    """A 1 GB run of padded rows compresses to ~1 MB or less; decompressing it must never hold it all at once."""
+    from pgops.pipeline import OUTPUT_PIECE
+
+    stored = bytearray()
+    pump(
+        iter([(b"x" * 200 + b"\n") * 5_000_000]),
+        [compressor(algorithm, 3 if algorithm == "zstd" else 6, 1)],
+        stored.extend,
+    )
+    biggest = [0]
+    total = [0]
+
+    def sink(piece: bytes) -> None:
+        biggest[0] = max(biggest[0], len(piece))
+        total[0] += len(piece)
+
+    pump(iter([bytes(stored)]), [decompressor(algorithm)], sink)
+    assert total[0] == 201 * 5_000_000
+    assert biggest[0] <= OUTPUT_PIECE

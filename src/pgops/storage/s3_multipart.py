@@ -6,7 +6,7 @@ finished. Memory is therefore about two parts. A stream that ends before its fir
 with a single PutObject instead.
 
 Part sizes follow `part_size_for`: S3_PART_SIZE for parts 1-1000, doubling every 1000 parts, capped at
-5 GiB. With the default 16 MiB the 10,000 parts hold ~12.7 TiB, more than S3's 5 TiB object limit, so
+5 GiB. With the default 8 MiB the 10,000 parts hold ~7.8 TiB, more than S3's 5 TiB object limit, so
 an unknown-size stream is bounded by S3 itself, never by the part count. (With the 5 MiB minimum they
 hold ~4.88 TiB.)
 
