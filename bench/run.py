@@ -20,6 +20,7 @@ import re
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,13 +36,17 @@ if str(REPO) not in sys.path:
 from bench import report  # noqa: E402
 from bench.cluster import BINDIR, BenchCluster, PgBackRest, make_dataset  # noqa: E402
 from bench.measure import CommandFailed, Sample, run_measured  # noqa: E402
-from bench.objstore import MotoServer  # noqa: E402
+from bench.objstore import FakeGcsServer, MotoServer  # noqa: E402
 
 PGOPS = [sys.executable, "-m", "pgops"]
 DB = "bench"
 BUCKET = "pgops-bench"
 BACKUP_DONE = re.compile(r"event=backup_done database=(\S+) id=\S+ bytes=(\d+)(?: raw_bytes=(\d+))?")
 ZSTD_LEVELS = (1, 3, 6, 9)
+I4_IMPORTS = (  # what a gs:// age-encrypted backup loads before it moves a byte (the RSS baseline)
+    "import pgops.cli, pgops.backup, pgops.crypto, pgops.storage.gcs, pyrage, zstandard, "
+    "google.auth.transport.requests, google.cloud.storage"
+)
 
 
 class Bench:
@@ -57,16 +62,22 @@ class Bench:
         self.expected_rows: dict[str, int] = {}
         self.dataset: dict[str, Any] = {}
         self.failures: list[dict[str, Any]] = []
+        self.gcs: FakeGcsServer | None = None  # only with --issue4
+        self.age_recipient = ""
+        self.age_identity: Path | None = None
 
     # --- plumbing ------------------------------------------------------------------------------------
 
     def base_env(self) -> dict[str, str]:
-        """The caller's environment without any PG*, PGOPS_* or AWS_* variable, and no ~/.aws."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "AWS_"))}
+        """The caller's environment without any PG*, PGOPS_*, AWS_* or Google variable, no ~/.aws, no gcloud."""
+        drop = ("PG", "AWS_", "GOOGLE_", "GCE_", "CLOUDSDK_", "STORAGE_EMULATOR_HOST", "GCLOUD_PROJECT")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
         env.update(
             AWS_CONFIG_FILE=str(self.root / "no-aws-config"),
             AWS_SHARED_CREDENTIALS_FILE=str(self.root / "no-aws-credentials"),
             AWS_EC2_METADATA_DISABLED="true",
+            CLOUDSDK_CONFIG=str(self.root / "no-gcloud-config"),
+            NO_GCE_CHECK="true",
         )
         return env
 
@@ -84,13 +95,13 @@ class Bench:
         return env
 
     def measure(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, stdout: Path | None = None,
-                emulator: bool = False) -> tuple[Sample, str]:  # fmt: skip
+                emulator: bool = False, aux_pid: int | None = None) -> tuple[Sample, str]:  # fmt: skip
         self.cluster.quiesce()
         log_dir = self.logs / f"run{self.run_no}"
         log_dir.mkdir(exist_ok=True)
         sample, stderr = run_measured(
             re.sub(r"[^\w.-]+", "_", name), argv, env=env or self.base_env(), server_pid=self.cluster.postmaster_pid,
-            stdout=stdout, aux_pid=self.moto.pid if emulator else None, log_dir=log_dir,
+            stdout=stdout, aux_pid=self.moto.pid if emulator else aux_pid, log_dir=log_dir,
         )  # fmt: skip
         sample.name = name
         sample.extra["run"] = self.run_no
@@ -109,6 +120,8 @@ class Bench:
             failure: dict[str, Any] = {"run": self.run_no, "variant": name, "error": str(e)}
             if "s3" in name:
                 failure["emulator_log"] = self.moto.log_tail()
+            elif "gs://" in name and self.gcs is not None:
+                failure["emulator_log"] = self.gcs.log_tail()
             self.failures.append(failure)
             print(f"  FAILED {name}: {e}", flush=True)
 
@@ -119,8 +132,9 @@ class Bench:
     def pipeline(*commands: list[str]) -> list[str]:
         return ["bash", "-o", "pipefail", "-c", " | ".join(shlex.join(c) for c in commands)]
 
-    def pgops_backup(self, name: str, env: dict[str, str], *, emulator: bool = False) -> Sample:
-        sample, stderr = self.measure(name, [*PGOPS, "backup"], env=env, emulator=emulator)
+    def pgops_backup(self, name: str, env: dict[str, str], *, emulator: bool = False, aux_pid: int | None = None
+                     ) -> Sample:  # fmt: skip
+        sample, stderr = self.measure(name, [*PGOPS, "backup"], env=env, emulator=emulator, aux_pid=aux_pid)
         done = BACKUP_DONE.findall(stderr)
         sample.stored_bytes = sum(int(b) for _, b, _ in done)  # dump + globals, as the store holds them
         sample.extra["dump_bytes"] = next(int(b) for db, b, _ in done if db != "@globals")
@@ -211,6 +225,64 @@ class Bench:
         self.measure("gzip -6 on the -Z0 file", ["gzip", "-c", str(self.files / "z0.dump")], stdout=out)
         out.unlink()
 
+    # --- issue 4: GCS and age encryption --------------------------------------------------------------
+
+    def setup_issue4(self) -> None:
+        """fake-gcs-server with a bucket, and an age key pair made by `age-keygen` (only the public key
+        goes to the backups; the identity file is used by the encrypted restore only)."""
+        self.gcs = FakeGcsServer(self.root / "fake-gcs-server.log")
+        self.gcs.create_bucket(BUCKET)
+        keydir = self.root / "age"
+        keydir.mkdir(mode=0o700)
+        self.age_identity = keydir / "identity.txt"
+        subprocess.run(["age-keygen", "-o", str(self.age_identity)], check=True, capture_output=True)
+        m = re.search(r"^# public key: (age1\S+)$", self.age_identity.read_text(), re.M)
+        if not m:
+            raise RuntimeError(f"age-keygen wrote no public key into {self.age_identity}")
+        self.age_recipient = m.group(1)
+
+    def issue4_backups(self) -> None:
+        """The unencrypted and the encrypted file:// backup twice each, back to back, in ABBA order (BAAB in
+        even rounds): whichever runs second in a pair was measured 5-15 % slower, so a single pair per
+        round biases the ratio by the order. Then GCS (and two diagnostics) and, for reference, S3."""
+        assert self.gcs is not None
+        plain = self.pgops_env(DB, PGOPS_STORAGE_URL=f"file://{self.stores / 'i4-plain'}")
+        age = self.pgops_env(DB, PGOPS_STORAGE_URL=f"file://{self.stores / 'i4-age'}",
+                             PGOPS_AGE_RECIPIENTS=self.age_recipient)  # fmt: skip
+        for name, env in abba([(report.I4_PLAIN, plain), (report.I4_AGE, age)], self.run_no):
+            with self.tolerate(name):
+                self.pgops_backup(name, env)
+        prefix = f"run{self.run_no}"
+        with self.tolerate(name := report.I4_GCS):
+            s = self.pgops_backup(name, self.pgops_env(DB, **self.gcs.env(BUCKET, prefix)), aux_pid=self.gcs.pid)
+            s.extra["listed_bytes"] = self.gcs.stored_bytes(BUCKET, prefix)
+        self.gcs.empty(BUCKET, prefix)
+        for name, settings in (  # diagnostics for the GCS peak RSS: which part is the chunk, which is zstd
+            (report.I4_GCS_8MIB, {"PGOPS_GCS_CHUNK_SIZE": "8MiB"}),
+            (report.I4_GCS_1THREAD, {"PGOPS_COMPRESSION_THREADS": "1"}),
+        ):
+            with self.tolerate(name):
+                env = self.pgops_env(DB, **self.gcs.env(BUCKET, prefix), **settings)
+                self.pgops_backup(name, env, aux_pid=self.gcs.pid)
+            self.gcs.empty(BUCKET, prefix)
+        with self.tolerate(name := report.I4_S3):
+            s = self.pgops_backup(name, self.pgops_env(DB, **self.moto.env(BUCKET, prefix)), emulator=True)
+            s.extra["listed_bytes"] = self.moto.stored_bytes(BUCKET, prefix)
+        self.moto.empty(BUCKET, prefix)
+
+    def issue4_restores(self) -> None:
+        """Streaming restore of the newest plain and the newest encrypted backup, twice each in ABBA order
+        (BAAB in even rounds); each restored database is checked (row counts) and dropped."""
+        restore = [*PGOPS, "restore", "--database", DB, "--target-db", "r_pgops"]
+        plain = self.pgops_env(DB, PGOPS_STORAGE_URL=f"file://{self.stores / 'i4-plain'}")
+        age = self.pgops_env(DB, PGOPS_STORAGE_URL=f"file://{self.stores / 'i4-age'}",
+                             PGOPS_AGE_IDENTITY_FILE=str(self.age_identity))  # fmt: skip
+        for name, env in abba([(report.I4_RESTORE_PLAIN, plain), (report.I4_RESTORE_AGE, age)], self.run_no):
+            self.cluster.drop_database("r_pgops")
+            with self.tolerate(name):
+                self.measure(name, restore, env=env)
+                self.check_restored("r_pgops")
+
     def rss_scales(self, scales: list[int]) -> None:
         for scale in scales:
             db = f"bench_s{scale}"
@@ -231,6 +303,13 @@ class Bench:
             self.cluster.drop_database(db)
 
 
+def abba(pair: list[tuple[str, dict[str, str]]], run_no: int) -> list[tuple[str, dict[str, str]]]:
+    """A, B, B, A in odd rounds and B, A, A, B in even ones: cancels both a linear drift within the round
+    and a first-or-second position effect; report.paired() then compares the per-round means."""
+    a, b = pair if run_no % 2 else pair[::-1]
+    return [a, b, b, a]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=int, default=50, help="pgbench scale; the mixed table matches it (default 50)")
@@ -240,6 +319,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rss-only", action="store_true", help="skip the comparison; only the --rss-scales phase")
     p.add_argument("--workdir", default=None, help="parent of the temp directory (default: $TMPDIR or /tmp)")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--issue4", action="store_true",
+                   help="instead of the comparison: the issue 4 set (file:// with and without age encryption, "
+                   "gs:// fake-gcs-server, s3:// moto, plain vs encrypted restore) and its targets")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the temp directory (cluster stopped) for inspection")
     return p.parse_args(argv)
 
@@ -249,7 +331,8 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def bench_environment(scale: int, workdir: str | None = None, *, keep: bool = False) -> Iterator[Bench]:
+def bench_environment(scale: int, workdir: str | None = None, *, keep: bool = False, issue4: bool = False
+                      ) -> Iterator[Bench]:  # fmt: skip
     """A running cluster holding the data set at `scale`, the S3 emulator and a pgBackRest stanza, all in
     one temp directory; stopped and removed on exit, whatever happens (SIGTERM included)."""
     signal.signal(signal.SIGTERM, _terminate)
@@ -258,6 +341,7 @@ def bench_environment(scale: int, workdir: str | None = None, *, keep: bool = Fa
     (root / "pg").mkdir()
     cluster = BenchCluster(root / "pg")
     moto: MotoServer | None = None
+    bench: Bench | None = None
     try:
         cluster.init_and_start()
         print(f"-- loading pgbench scale {scale} + mixed rows into {DB!r}", flush=True)
@@ -268,6 +352,8 @@ def bench_environment(scale: int, workdir: str | None = None, *, keep: bool = Fa
         pgbr = PgBackRest(cluster, root / "pgbackrest")
         pgbr.stanza_create()
         bench = Bench(root, cluster, moto, pgbr)
+        if issue4:
+            bench.setup_issue4()
         bench.expected_rows = cluster.row_counts(DB)
         bench.dataset = {"scale": scale, "db_bytes": cluster.db_size(DB), "load_seconds": time.monotonic() - t0}
         print(f"   {bench.dataset['db_bytes'] / 1e6:.0f} MB in {bench.dataset['load_seconds']:.0f} s", flush=True)
@@ -277,6 +363,8 @@ def bench_environment(scale: int, workdir: str | None = None, *, keep: bool = Fa
     finally:
         if moto is not None:
             moto.stop()
+        if bench is not None and bench.gcs is not None:
+            bench.gcs.stop()
         cluster.stop()
         if keep:
             print(f"kept {root}")
@@ -288,8 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(dt.UTC)
     commit_at_start = report.git_commit()  # other work may land in src/ during a long run: both are recorded
-    with bench_environment(args.scale, args.workdir, keep=args.keep) as bench:
-        if not args.rss_only:
+    with bench_environment(args.scale, args.workdir, keep=args.keep, issue4=args.issue4) as bench:
+        if args.issue4:
+            for n in range(1, args.repeat + 1):
+                bench.run_no = n
+                print(f"-- run {n}/{args.repeat} (issue 4)", flush=True)
+                bench.measure(report.FLOOR, bench.pg_dump("-Fc", "-Z0"))
+                bench.measure(report.I4_IMPORTS, [sys.executable, "-c", I4_IMPORTS])
+                bench.issue4_backups()
+                bench.issue4_restores()
+        elif not args.rss_only:
             for n in range(1, args.repeat + 1):
                 bench.run_no = n
                 print(f"-- run {n}/{args.repeat}", flush=True)
