@@ -80,3 +80,23 @@ class Storage(Protocol):
         unreachable endpoint, wrong credentials, missing bucket, or no write permission."""
 
     def close(self) -> None: ...
+
+
+def write_all(storage: Storage, key: str, data: bytes, options: WriteOptions | None = None) -> ObjectInfo:
+    """put_bytes through the streaming writer: commit, or abort on any failure."""
+    writer = storage.open_writer(key, options)
+    try:
+        writer.write(data)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def read_all(storage: Storage, key: str) -> bytes:
+    """get_bytes through the streaming reader."""
+    reader = storage.open_reader(key)
+    try:
+        return reader.read()
+    finally:
+        reader.close()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pgops.errors import ConfigError, ObjectLocked, ObjectNotFound, StorageError
-from pgops.storage.base import ObjectInfo, WriteOptions
+from pgops.storage.base import ObjectInfo, WriteOptions, read_all, write_all
 from pgops.storage.gcs_client import DEFAULT_ENDPOINT, TIMEOUT, ClientSpec, build_client
 from pgops.storage.gcs_download import GCSReader
 from pgops.storage.gcs_errors import (
@@ -194,20 +194,10 @@ class GCSStorage:
         options = options or WriteOptions()
         if len(data) <= self.chunk_size:
             return upload_bytes(self._writer_config(), key, data, options)
-        writer = self.open_writer(key, options)
-        try:
-            writer.write(data)
-            return writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+        return write_all(self, key, data, options)
 
     def get_bytes(self, key: str) -> bytes:
-        reader = self.open_reader(key)
-        try:
-            return reader.read()
-        finally:
-            reader.close()
+        return read_all(self, key)
 
     def exists(self, key: str) -> bool:
         return self.stat(validate_key(key)) is not None

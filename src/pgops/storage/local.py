@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from pgops.errors import ObjectExists, ObjectNotFound, StorageError
-from pgops.storage.base import ObjectInfo, WriteOptions
+from pgops.storage.base import ObjectInfo, WriteOptions, read_all, write_all
 from pgops.storage.keys import TEMP_MARKER, is_temp_name, validate_key, validate_prefix
 
 _DIR_MODE = 0o700
@@ -198,20 +198,10 @@ class LocalStorage:
         return LocalReader(self.path_for(key), key)
 
     def put_bytes(self, key: str, data: bytes, options: WriteOptions | None = None) -> ObjectInfo:
-        writer = self.open_writer(key, options)
-        try:
-            writer.write(data)
-            return writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+        return write_all(self, key, data, options)
 
     def get_bytes(self, key: str) -> bytes:
-        reader = self.open_reader(key)
-        try:
-            return reader.read()
-        finally:
-            reader.close()
+        return read_all(self, key)
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()

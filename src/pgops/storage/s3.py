@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pgops.errors import ObjectLocked, StorageError
-from pgops.storage.base import ObjectInfo, WriteOptions
+from pgops.storage.base import ObjectInfo, WriteOptions, read_all, write_all
 from pgops.storage.keys import validate_key, validate_prefix
 from pgops.storage.s3_client import ClientSpec, build_client
 from pgops.storage.s3_errors import (
@@ -189,20 +189,10 @@ class S3Storage:
         return S3Reader(self.client, self.ctx, validate_key(key), self.retry)
 
     def put_bytes(self, key: str, data: bytes, options: WriteOptions | None = None) -> ObjectInfo:
-        writer = self.open_writer(key, options)
-        try:
-            writer.write(data)
-            return writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+        return write_all(self, key, data, options)
 
     def get_bytes(self, key: str) -> bytes:
-        reader = self.open_reader(key)
-        try:
-            return reader.read()
-        finally:
-            reader.close()
+        return read_all(self, key)
 
     def exists(self, key: str) -> bool:
         full = self.prefix + validate_key(key)
