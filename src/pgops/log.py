@@ -62,3 +62,9 @@ def q(value: object) -> str:
     if text and re.fullmatch(r"[\w.:/@+%-]+", text):
         return text
     return json.dumps(text, ensure_ascii=False)
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """One line, at most `limit` characters: for third-party error text inside our messages."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

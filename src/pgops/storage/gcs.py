@@ -28,9 +28,9 @@ from pgops.storage.gcs_client import DEFAULT_ENDPOINT, TIMEOUT, ClientSpec, buil
 from pgops.storage.gcs_download import GCSReader
 from pgops.storage.gcs_errors import (
     GCSContext,
-    RetryPolicy,
     http_status,
     is_retryable,
+    retry_policy,
     translate,
 )
 from pgops.storage.gcs_upload import GCSWriter, WriterConfig, parse_time, upload_bytes
@@ -79,7 +79,7 @@ class GCSStorage:
             credentials=spec.credentials,
             credentials_hint=spec.credentials_hint,
         )
-        self.retry = RetryPolicy(attempts=spec.max_attempts)
+        self.retry = retry_policy(spec.max_attempts)
         self.chunk_size = chunk_size
         self.storage_class = storage_class
         self.kms_key_name = kms_key_name

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pgops.errors import ConfigError, StorageError
+from pgops.log import shorten
 
 if TYPE_CHECKING:
     from pgops.settings import Settings
@@ -97,7 +98,7 @@ def load_credentials(settings: Settings, emulator: bool, endpoint: str) -> tuple
         if gac:
             raise StorageError(
                 f"Application Default Credentials from GOOGLE_APPLICATION_CREDENTIALS={gac}: "
-                f"{_short(str(e.args[0]) if e.args else type(e).__name__)}; fix that file or set "
+                f"{shorten(str(e.args[0]) if e.args else type(e).__name__)}; fix that file or set "
                 "PGOPS_GCS_CREDENTIALS_FILE"
             ) from None
         raise StorageError(
@@ -151,7 +152,7 @@ def credentials_from_file(path: str, where: str) -> Any:
             creds, _ = untyped(google.auth).load_credentials_from_file(path, scopes=list(SCOPES))
         except (DefaultCredentialsError, ValueError) as e:
             raise StorageError(
-                f"GCS credentials from {where}: invalid {kind} file ({_short(str(e.args[0]) if e.args else '')})"
+                f"GCS credentials from {where}: invalid {kind} file ({shorten(str(e.args[0]) if e.args else '')})"
             ) from None
         return creds
     raise StorageError(
@@ -186,15 +187,10 @@ def build_client(settings: Settings) -> tuple[Any, Any, ClientSpec]:
         )
     except ValueError as e:  # e.g. a universe-domain mismatch between credentials and endpoint
         session.close()
-        raise StorageError(f"cannot set up the GCS client: {_short(str(e))}; check {endpoint_setting}") from None
+        raise StorageError(f"cannot set up the GCS client: {shorten(str(e))}; check {endpoint_setting}") from None
     return client, session, spec
 
 
 def untyped(module: object) -> Any:
     """google-auth's and google-crc32c's functions lack annotations; call them through Any."""
     return module
-
-
-def _short(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

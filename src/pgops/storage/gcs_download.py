@@ -7,8 +7,9 @@ from urllib.parse import quote
 
 from pgops.errors import IntegrityError, ObjectNotFound, StorageError
 from pgops.storage.gcs_client import TIMEOUT
-from pgops.storage.gcs_errors import GCSContext, GCSHTTPError, RetryPolicy, is_not_found, is_retryable, translate
+from pgops.storage.gcs_errors import GCSContext, GCSHTTPError, is_not_found, is_retryable, translate
 from pgops.storage.gcs_upload import crc32c_b64, new_checksum
+from pgops.storage.retry import RetryPolicy
 
 
 class _Truncated(Exception):

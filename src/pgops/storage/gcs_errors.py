@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
-import secrets
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pgops.errors import ObjectLocked, ObjectNotFound, StorageError
+from pgops.log import shorten
+from pgops.storage.retry import RetryPolicy
 
 log = logging.getLogger("pgops.storage.gcs")
 
@@ -27,7 +27,6 @@ KMS_HINT = (
     "Storage service agent needs roles/cloudkms.cryptoKeyEncrypterDecrypter on it"
 )
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_SECRETS_RANDOM = secrets.SystemRandom()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +209,7 @@ def translate(  # noqa: PLR0911 - one return per failure class keeps the mapping
             f"{_refresh_detail(exc)}; {ctx.credentials_hint}"
         )
     if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
-        return StorageError(f"no usable GCS credentials for {op}: {_short(_first_arg(exc))}; {ctx.credentials_hint}")
+        return StorageError(f"no usable GCS credentials for {op}: {shorten(_first_arg(exc))}; {ctx.credentials_hint}")
     if isinstance(exc, google.auth.exceptions.TransportError):
         return StorageError(
             f"cannot reach the token endpoint for {ctx.credentials} during {op}; check the network "
@@ -237,7 +236,7 @@ def _translate_status(  # noqa: PLR0911 - one return per status keeps the mappin
     exc: BaseException, ctx: GCSContext, op: str, key: str | None, *, target: str, missing: str
 ) -> StorageError:
     status, reason, message = server_error(exc)
-    detail = f" ({_short(message)})" if message else ""
+    detail = f" ({shorten(message)})" if message else ""
     if status == 401:
         return StorageError(
             f"GCS rejected the credentials ({ctx.credentials}) during {op} (HTTP 401{', ' + reason if reason else ''})"
@@ -269,55 +268,9 @@ def _first_arg(exc: BaseException) -> str:
 
 def _refresh_detail(exc: BaseException) -> str:
     """'invalid_grant: Invalid JWT Signature.' -- the token endpoint's error code and description only."""
-    return _short(_first_arg(exc))
+    return shorten(_first_arg(exc))
 
 
-def _short(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
-    return _SECRETS_RANDOM.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
-
-
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
+def retry_policy(attempts: int) -> RetryPolicy:
     """GCS_MAX_ATTEMPTS attempts per request or chunk (the first one included), with jittered backoff."""
-
-    attempts: int
-    base_delay: float = 0.5
-    max_delay: float = 20.0
-
-    def call(self, fn: Callable[[], T], what: str, cancel: threading.Event | None = None) -> T:
-        """Run `fn`, retrying retryable failures. Raises the last failure (untranslated)."""
-        attempt = 1
-        while True:
-            try:
-                return fn()
-            except Exception as e:
-                cancelled = cancel is not None and cancel.is_set()
-                if attempt >= self.attempts or cancelled or not is_retryable(e):
-                    raise
-                delay = self.wait(attempt, what, e, cancel)
-                if delay is None:
-                    raise
-                attempt += 1
-
-    def wait(self, attempt: int, what: str, exc: BaseException, cancel: threading.Event | None = None) -> float | None:
-        """Log and sleep before attempt+1. None if `cancel` was set meanwhile."""
-        delay = backoff_delay(attempt, self.base_delay, self.max_delay)
-        log.warning(
-            "gcs retry what=%r attempt=%d/%d error=%s status=%s delay=%.2fs",
-            what,
-            attempt,
-            self.attempts,
-            type(exc).__name__,
-            http_status(exc) or "-",
-            delay,
-        )
-        if cancel is not None:
-            return None if cancel.wait(delay) else delay
-        threading.Event().wait(delay)
-        return delay
+    return RetryPolicy(attempts, is_retryable, lambda e: f"status={http_status(e) or '-'}", "gcs")

@@ -44,13 +44,13 @@ from pgops.storage.gcs_client import TIMEOUT, untyped
 from pgops.storage.gcs_errors import (
     GCSContext,
     GCSHTTPError,
-    RetryPolicy,
     is_checksum_refusal,
     is_not_found,
     is_precondition_failed,
     sdk_errors,
     translate,
 )
+from pgops.storage.retry import RetryPolicy
 
 log = logging.getLogger("pgops.storage.gcs")
 

@@ -20,15 +20,15 @@ from urllib.parse import urlsplit
 from pgops.errors import ObjectLocked, StorageError
 from pgops.storage.base import ObjectInfo, WriteOptions, read_all, write_all
 from pgops.storage.keys import validate_key, validate_prefix
+from pgops.storage.retry import RetryPolicy, backoff_delay
 from pgops.storage.s3_client import ClientSpec, build_client
 from pgops.storage.s3_errors import (
-    RetryPolicy,
     S3Context,
-    backoff_delay,
     http_status,
     is_not_found,
     is_precondition_failed,
     is_retryable,
+    retry_policy,
     sdk_errors,
     translate,
 )
@@ -128,7 +128,7 @@ class S3Storage:
         self.spec = spec
         endpoint = spec.endpoint_url or f"the AWS endpoint for region {spec.region}"
         self.ctx = S3Context(url=self.url, bucket=bucket, prefix=prefix, endpoint=endpoint)
-        self.retry = RetryPolicy(attempts=spec.max_attempts)
+        self.retry = retry_policy(spec.max_attempts)
         extra: dict[str, str] = {}
         if storage_class:
             extra["StorageClass"] = storage_class

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
-import threading
-from collections.abc import Callable
 from typing import TypeVar
 
 from pgops.errors import ObjectLocked, ObjectNotFound, StorageError
+from pgops.log import shorten
+from pgops.storage.retry import RetryPolicy
 
 log = logging.getLogger("pgops.storage.s3")
 
@@ -64,7 +63,6 @@ TRANSIENT_CODES = frozenset(
         "TooManyRequests",
     }
 )
-_SECRETS_RANDOM = secrets.SystemRandom()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,14 +189,14 @@ def translate(  # noqa: PLR0911 - one return per failure class keeps the mapping
     if isinstance(exc, ClientError):
         return _translate_client_error(exc, ctx, op, key, target)
     if isinstance(exc, ParamValidationError):
-        return StorageError(f"invalid S3 request for {op} of {target}: {_short(str(exc))}")
+        return StorageError(f"invalid S3 request for {op} of {target}: {shorten(str(exc))}")
     if is_retryable(exc):
         return StorageError(
             f"connection to S3 endpoint {ctx.endpoint} failed during {op} of {target} "
             f"({type(exc).__name__}); {ENDPOINT_HINT}"
         )
     if isinstance(exc, BotoCoreError):
-        return StorageError(f"S3 {op} of {target} failed: {type(exc).__name__}: {_short(str(exc))}")
+        return StorageError(f"S3 {op} of {target} failed: {type(exc).__name__}: {shorten(str(exc))}")
     return StorageError(f"S3 {op} of {target} failed: {type(exc).__name__}")
 
 
@@ -242,53 +240,12 @@ def _translate_client_error(  # noqa: PLR0911 - one return per error code keeps 
         return StorageError(
             f"S3 refused the KMS key during {op} ({code}); check PGOPS_S3_SSE and PGOPS_S3_SSE_KMS_KEY_ID"
         )
-    detail = _short(error_message(exc))
+    detail = shorten(error_message(exc))
     return StorageError(
         f"S3 {op} of {target} failed: {code or 'error'} (HTTP {status}){': ' + detail if detail else ''}"
     )
 
 
-def _short(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
-    return _SECRETS_RANDOM.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
-
-
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
+def retry_policy(attempts: int) -> RetryPolicy:
     """Our retries, on top of botocore's own (standard mode, same attempt count) for each request."""
-
-    attempts: int
-    base_delay: float = 0.5
-    max_delay: float = 20.0
-
-    def call(self, fn: Callable[[], T], what: str, cancel: threading.Event | None = None) -> T:
-        """Run `fn`, retrying retryable failures. Raises the last failure (untranslated)."""
-        attempt = 1
-        while True:
-            try:
-                return fn()
-            except Exception as e:
-                cancelled = cancel is not None and cancel.is_set()
-                if attempt >= self.attempts or cancelled or not is_retryable(e):
-                    raise
-                delay = backoff_delay(attempt, self.base_delay, self.max_delay)
-                log.warning(
-                    "s3 retry what=%r attempt=%d/%d error=%s code=%s delay=%.2fs",
-                    what,
-                    attempt,
-                    self.attempts,
-                    type(e).__name__,
-                    error_code(e) or "-",
-                    delay,
-                )
-                if cancel is not None:
-                    if cancel.wait(delay):
-                        raise
-                else:
-                    threading.Event().wait(delay)
-                attempt += 1
+    return RetryPolicy(attempts, is_retryable, lambda e: f"code={error_code(e) or '-'}", "s3")

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from pgops.errors import ObjectExists, StorageError
 from pgops.storage.base import ObjectInfo, WriteOptions
+from pgops.storage.retry import RetryPolicy
 from pgops.storage.s3_errors import (
-    RetryPolicy,
     S3Context,
     error_code,
     http_status,
