@@ -412,7 +412,8 @@ SPECS: tuple[Spec, ...] = (
         "MAX_AGE",
         _duration,
         "0",
-        "Delete good backups older than this, unless MIN_KEEP or the newest-verified rule keeps them (0 = off).",
+        "Delete good backups older than this, unless MIN_KEEP, the newest good or newest verified backup, or the "
+        "globals a kept backup needs keep them (0 = off). See docs/retention.md.",
         "400d",
     ),
     Spec(
