@@ -32,8 +32,9 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+## The offline wheelhouse for hosts: dist/pgops (pgops + pinned deps + constraints.txt), dist/objectstore.
 wheel: setup
-	rm -rf dist && $(BIN)/pip wheel --no-deps -w dist .
+	./scripts/build-wheels.sh
 
 lock:
 	$(BIN)/pip freeze --exclude-editable | grep -v '^pgops' > requirements/dev.txt.new && mv requirements/dev.txt.new requirements/dev.txt
