@@ -264,11 +264,11 @@ def cmd_restore(settings: Settings, ns: argparse.Namespace) -> ExitCode:
 
 
 def cmd_check(settings: Settings, ns: argparse.Namespace) -> ExitCode:
-    from pgops.storage import open_storage
+    from pgops.check import run_check
 
-    storage = open_storage(settings)
-    storage.check()
-    log.info("event=check_ok storage=%s target=%s", pglog.q(storage.url), pglog.q(settings.target))
+    report = run_check(settings, settings_only=ns.settings_only)
+    if ns.settings_only:
+        log.info("event=check_ok scope=settings steps=%s", ",".join(report.steps))
     return ExitCode.OK
 
 

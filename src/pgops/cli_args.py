@@ -76,11 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "check",
-        help="validate settings and prove the store is reachable and writable",
+        help="prove a backup could run: settings, age keys, store writable, server and pg_dump, directories",
         epilog=EXIT_CODES_HELP,
         formatter_class=fmt,
     )
     _common(c)
+    c.add_argument(
+        "--settings-only",
+        action="store_true",
+        help="only parse and validate the settings and key files; no network (for validating a new env file)",
+    )
     _add_observability(sub, fmt)
     return parser
 
