@@ -278,7 +278,7 @@ def backup_database(
     )
 
 
-def backup_globals(ctx: RunContext, progress: Progress | None = None) -> Manifest:
+def backup_globals(ctx: RunContext, progress: Progress | None = None, *, reason: str = "scheduled") -> Manifest:
     started = utcnow()
     key = f"{ctx.settings.target}/@globals/{ctx.backup_id}/globals.sql{ctx.suffix()}"
     argv = [str(ctx.bindir / "pg_dumpall"), "--globals-only", "--no-password", "--dbname", ctx.conn.for_db("postgres")]
@@ -291,10 +291,13 @@ def backup_globals(ctx: RunContext, progress: Progress | None = None) -> Manifes
         obj=dataclasses.replace(obj, role="globals"),
         tool=tool_version(ctx.bindir, "pg_dumpall"),
         dump_format="plain",
+        reason=reason,
     )
 
 
-def run_backup(settings: Settings, storage: Storage, *, progress: Progress | None = None) -> BackupReport:
+def run_backup(
+    settings: Settings, storage: Storage, *, progress: Progress | None = None, reason: str = "scheduled"
+) -> BackupReport:
     """One cron run: lock the target, dump globals then each database. One failure does not stop the rest."""
     with target_lock(settings.lock_dir, settings.target):
         ctx = RunContext.open(settings, storage)
@@ -309,9 +312,9 @@ def run_backup(settings: Settings, storage: Storage, *, progress: Progress | Non
         )
         units: list[tuple[str, Callable[[], Manifest]]] = []
         if settings.globals:
-            units.append(("@globals", lambda: backup_globals(ctx, progress)))
+            units.append(("@globals", lambda: backup_globals(ctx, progress, reason=reason)))
         for db in databases:
-            units.append((db, lambda db=db: backup_database(ctx, db, progress=progress)))  # type: ignore[misc]
+            units.append((db, lambda db=db: backup_database(ctx, db, reason=reason, progress=progress)))  # type: ignore[misc]
         report.total = len(units)
         for name, unit in units:
             try:

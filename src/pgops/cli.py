@@ -80,7 +80,7 @@ def cmd_backup(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     progress = Progress("backup", None) if sys.stderr.isatty() else None
     attempt = time.time()
     try:
-        report = run_backup(settings, storage, progress=progress)
+        report = run_backup(settings, storage, progress=progress, reason=ns.reason)
     except PgOpsError:
         # nothing was backed up: every database this host reported before has a failed attempt now
         metrics.update(settings, lambda state: _mark_all_failed(state, attempt))
@@ -106,6 +106,14 @@ def cmd_backup(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     metrics.update(settings, record)
     for m in report.manifests:
         log.info("event=stored database=%s id=%s key=%s", pglog.q(m.database or "@globals"), m.id, pglog.q(m.key))
+    if ns.json:
+        out = {
+            "id": report.backup_id,
+            "backups": [dict(m.to_json(), key=m.key) for m in report.manifests],
+            "failed": sorted(report.failures),
+        }
+        json.dump(out, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
     report.raise_for_failures()
     return ExitCode.OK
 

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from pgops import __version__
 from pgops.errors import ExitCode
 
+REASON_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 EXIT_CODES_HELP = "exit codes:\n" + "\n".join(f"  {c.value:<4} {c.name.lower()}" for c in ExitCode)
 
 
@@ -45,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compression-level", dest="PGOPS_COMPRESSION_LEVEL")
     b.add_argument("--compression-threads", dest="PGOPS_COMPRESSION_THREADS")
     b.add_argument("--no-globals", dest="PGOPS_GLOBALS", action="store_const", const="false")
+    b.add_argument(
+        "--reason",
+        default="scheduled",
+        type=_reason,
+        help="recorded in the manifest and shown by list, e.g. pre-migration (default: scheduled)",
+    )
+    b.add_argument("--json", action="store_true", help="print the stored backups as JSON on stdout")
 
     ls = sub.add_parser("list", help="list complete backups, newest first", epilog=EXIT_CODES_HELP, formatter_class=fmt)
     _common(ls)
@@ -88,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_observability(sub, fmt)
     return parser
+
+
+def _reason(value: str) -> str:
+    if not REASON_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a valid reason; use 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+        )
+    return value
 
 
 def _add_observability(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:

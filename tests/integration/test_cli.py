@@ -101,3 +101,19 @@ def test_retention_cli_dry_run_matches_real_run_and_keeps_newest_verified(engine
     assert real["deleted_keys"] == dry["planned_keys"]
     left = {b["id"] for b in json.loads(engine.run(["list", "--json"], check=True).stdout)["backups"]}
     assert left == {ids[0], ids[2]}  # newest (keep-last 1) and the newest verified one
+
+
+def test_backup_reason_and_json_name_what_was_stored(engine: Engine, pg: Cluster) -> None:
+    """The on-demand backup of playbooks/backup.yml: tagged (pre-migration), ids printed for the operator."""
+    db = _small(pg)
+    result = engine.run(["backup", "--databases", db, "--reason", "pre-migration", "--json"], check=True)
+    out = json.loads(result.stdout)
+    assert sorted(b["database"] or "@globals" for b in out["backups"]) == ["@globals", db]
+    assert {b["reason"] for b in out["backups"]} == {"pre-migration"} and out["failed"] == []
+    assert all(b["id"] == out["id"] for b in out["backups"])
+    listed = json.loads(engine.run(["list", "--json"], check=True).stdout)["backups"]
+    assert {(b["id"], b["reason"]) for b in listed if b["id"] == out["id"]} == {(out["id"], "pre-migration")}
+
+    bad = engine.run(["backup", "--reason", "Pre Migration"])
+    assert bad.returncode == 2 and "--reason" in bad.stderr and "a-z" in bad.stderr
+    assert json.loads(engine.run(["list", "--json"], check=True).stdout)["backups"] == listed
