@@ -6,6 +6,7 @@ Exceptions become exit codes here and nowhere else.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import signal
@@ -202,11 +203,23 @@ def _row(m: Manifest) -> list[str]:
     return [m.id, m.database or "@globals", iso(m.started_at), f"{m.duration:.1f}s", _human(m.size), m.reason]
 
 
+def _parse_before(text: str | None) -> dt.datetime | None:
+    try:
+        return parse_time(text) if text else None
+    except ValueError:
+        raise ConfigError(f"--before={text!r} is not a time; valid: ISO 8601 like 2026-11-20T02:00:00Z") from None
+
+
 def cmd_list(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     from pgops.storage import open_storage
 
+    before = _parse_before(ns.before)
     catalog = Catalog.load(open_storage(settings), None if ns.all_targets else settings.target)
-    found = [m for m in catalog.manifests if m.ok and (ns.database is None or m.database == ns.database)]
+    found = [
+        m
+        for m in catalog.manifests
+        if m.ok and (ns.database is None or m.database == ns.database) and (before is None or m.started_at <= before)
+    ]
     if ns.json:
         out = [dict(m.to_json(), key=m.key) for m in found]
         json.dump(
@@ -230,10 +243,7 @@ def cmd_restore(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     from pgops.restore import RestoreRequest, choose_backup, run_restore
     from pgops.storage import open_storage
 
-    try:
-        before = parse_time(ns.before) if ns.before else None
-    except ValueError:
-        raise ConfigError(f"--before={ns.before!r} is not a time; valid: ISO 8601 like 2026-11-20T02:00:00Z") from None
+    before = _parse_before(ns.before)
     req = RestoreRequest(
         database=ns.database,
         target_db=ns.target_db,

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ls)
     ls.add_argument("--database", help="only this database")
     ls.add_argument("--all-targets", action="store_true", help="every target under the storage prefix")
+    ls.add_argument("--before", help="only backups started at or before this ISO 8601 time")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
     r = sub.add_parser(

@@ -117,3 +117,22 @@ def test_backup_reason_and_json_name_what_was_stored(engine: Engine, pg: Cluster
     bad = engine.run(["backup", "--reason", "Pre Migration"])
     assert bad.returncode == 2 and "--reason" in bad.stderr and "a-z" in bad.stderr
     assert json.loads(engine.run(["list", "--json"], check=True).stdout)["backups"] == listed
+
+
+def test_list_before_shows_only_backups_started_by_then(engine: Engine, pg: Cluster) -> None:
+    """restore.yml picks "the state at time T" from this listing."""
+    db = _small(pg)
+    engine.run(["backup", "--databases", db, "--no-globals"], check=True)
+    time.sleep(1.1)
+    engine.run(["backup", "--databases", db, "--no-globals"], check=True)
+    both = json.loads(engine.run(["list", "--json"], check=True).stdout)["backups"]
+    older, newer = both[-1], both[0]
+    assert older["started_at"] < newer["started_at"]
+    at_older = json.loads(engine.run(["list", "--json", "--before", older["finished_at"]], check=True).stdout)
+    assert [b["id"] for b in at_older["backups"]] == [older["id"]]
+    assert (
+        json.loads(engine.run(["list", "--json", "--before", "2001-01-01T00:00:00Z"], check=True).stdout)["backups"]
+        == []
+    )
+    bad = engine.run(["list", "--before", "yesterday"])
+    assert bad.returncode == ExitCode.CONFIG and "--before='yesterday'" in bad.stderr
