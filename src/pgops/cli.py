@@ -254,6 +254,7 @@ def cmd_restore(settings: Settings, ns: argparse.Namespace) -> ExitCode:
         jobs=ns.jobs,
         spool_dir=ns.spool_dir,
         with_globals=ns.with_globals,
+        check=ns.check,
         no_owner=ns.no_owner,
         no_acl=ns.no_acl,
     )
@@ -273,6 +274,7 @@ def cmd_restore(settings: Settings, ns: argparse.Namespace) -> ExitCode:
             "previous_renamed_to": report.previous_renamed_to,
             "safety_backup_id": report.safety_backup.id if report.safety_backup else None,
             "warnings": list(report.warnings),
+            "tables_checked": report.tables_checked,
         }
         json.dump(out, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")

@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs", type=int, default=1, help="parallel pg_restore jobs (needs --spool-dir)")
     r.add_argument("--spool-dir", help="directory for the local copy that --jobs needs (PGOPS_SPOOL_DIR)")
     r.add_argument("--with-globals", action="store_true", help="recreate roles and tablespaces first")
+    r.add_argument(
+        "--check",
+        action="store_true",
+        help="before switching it in, check every table of the backup exists with row counts near its estimates",
+    )
     r.add_argument("--identity-file", dest="PGOPS_AGE_IDENTITY_FILE", help="age private key for encrypted backups")
     r.add_argument("--no-owner", action="store_true", help="do not restore object ownership")
     r.add_argument("--no-acl", action="store_true", help="do not restore grants")

@@ -45,6 +45,7 @@ from pgops.pg import (
 )
 from pgops.pipeline import decompressor, pump, pump_decrypt, read_chunks
 from pgops.proc import running
+from pgops.sanity import check_tables
 from pgops.settings import Settings
 from pgops.storage.base import Storage
 
@@ -66,6 +67,7 @@ class RestoreRequest:
     jobs: int = 1
     spool_dir: str | None = None
     with_globals: bool = False
+    check: bool = False  # before the switch: every manifest table exists, row counts near the estimates
     no_owner: bool = False
     no_acl: bool = False
 
@@ -79,6 +81,7 @@ class RestoreReport:
     safety_backup: Manifest | None = None
     previous_renamed_to: str | None = None
     warnings: tuple[str, ...] = ()
+    tables_checked: int | None = None
 
 
 def derived_name(database: str, backup_id: str) -> str:
@@ -336,20 +339,8 @@ def run_restore(
         c.execute(create_database_sql(scratch, props, owner))
     try:
         argv = pg_restore_argv(bindir, conn, scratch, req)
-        if req.jobs > 1:
-            assert spool
-            _restore_parallel(
-                storage,
-                m,
-                argv,
-                conn.child_env(),
-                jobs=req.jobs,
-                spool_dir=spool,
-                progress=progress,
-                identities=identities,
-            )
-        else:
-            restore_streaming(storage, m, argv, conn.child_env(), progress=progress, identities=identities)
+        _pg_restore(storage, m, argv, conn, req, spool=spool, progress=progress, identities=identities)
+        tables_checked = check_tables(conn, scratch, m) if req.check else None
         with conn.connect("postgres") as c:
             warnings = apply_database_properties(c, scratch, props, skip_missing_roles=req.no_owner or req.no_acl)
             renamed = _switch_in(c, scratch, target, replace=exists)
@@ -359,7 +350,35 @@ def run_restore(
         raise
     seconds = time.monotonic() - t0
     log.info("event=restore_done database=%s id=%s into=%s seconds=%.2f", q(req.database), m.id, q(target), seconds)
-    return RestoreReport(m, target, seconds, m.object("dump").size, safety, renamed, tuple(warnings))
+    return RestoreReport(m, target, seconds, m.object("dump").size, safety, renamed, tuple(warnings), tables_checked)
+
+
+def _pg_restore(
+    storage: Storage,
+    m: Manifest,
+    argv: list[str],
+    conn: PgConn,
+    req: RestoreRequest,
+    *,
+    spool: str | None,
+    progress: Progress | None,
+    identities: list[Any] | None,
+) -> None:
+    """Streamed into pg_restore, or (--jobs N) spooled to a verified local copy first."""
+    if req.jobs > 1:
+        assert spool
+        _restore_parallel(
+            storage,
+            m,
+            argv,
+            conn.child_env(),
+            jobs=req.jobs,
+            spool_dir=spool,
+            progress=progress,
+            identities=identities,
+        )
+    else:
+        restore_streaming(storage, m, argv, conn.child_env(), progress=progress, identities=identities)
 
 
 def _switch_in(c: Any, scratch: str, target: str, *, replace: bool) -> str | None:

@@ -37,6 +37,7 @@ from pgops.restore import (
     pg_restore_argv,
     restore_streaming,
 )
+from pgops.sanity import check_tables
 from pgops.settings import Settings
 from pgops.storage.base import Storage, WriteOptions
 
@@ -121,22 +122,10 @@ def quick_check(settings: Settings, storage: Storage, m: Manifest, identities: l
         raise IntegrityError(f"{obj.key}: pg_restore cannot parse the archive: {lines[-1] if lines else rc}")
 
 
-def _estimate(table: dict[str, Any]) -> int:
-    return max(int(table.get("reltuples", -1)), int(table.get("n_live_tup", -1)))
-
-
-def _row_count_ok(exact: int, estimate: int) -> bool:
-    """Estimates come from the planner and the stats system: allow 10% (at least 100 rows) either way."""
-    return estimate < 0 or abs(exact - estimate) <= max(100, estimate // 10)
-
-
 def restore_drill(
     settings: Settings, storage: Storage, m: Manifest, identities: list[Any] | None
 ) -> tuple[float, int, bool]:
     """Restore into a scratch database, check it, drop it. Returns (restore seconds, tables checked, amcheck)."""
-    import psycopg
-    from psycopg import sql
-
     conn = PgConn.from_settings(settings)
     with conn.connect("postgres") as c:
         bindir = find_bindir(settings.pg_bindir, server_info(c).major)
@@ -148,22 +137,7 @@ def restore_drill(
         argv = pg_restore_argv(bindir, conn, scratch, req)
         restore_streaming(storage, m, argv, conn.child_env(), progress=None, identities=identities)
         restore_seconds = time.monotonic() - t0
-        problems: list[str] = []
-        with conn.connect(scratch) as c:
-            for table in m.tables:
-                ident = sql.Identifier(table["schema"], table["name"])
-                try:
-                    row = c.execute(sql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()
-                except psycopg.Error as e:
-                    problems.append(f"{table['schema']}.{table['name']}: {str(e).splitlines()[0]}")
-                    continue
-                exact = int(row[0]) if row else -1
-                if not _row_count_ok(exact, _estimate(table)):
-                    problems.append(
-                        f"{table['schema']}.{table['name']}: {exact} rows, manifest estimate {_estimate(table)}"
-                    )
-        if problems:
-            raise IntegrityError(f"restore drill of {m.id}: {'; '.join(problems[:5])}")
+        tables = check_tables(conn, scratch, m)
         amcheck = (bindir / "pg_amcheck").exists()
         if amcheck:
             argv = [str(bindir / "pg_amcheck"), "--install-missing", "--heapallindexed", "--no-password"]
@@ -172,7 +146,7 @@ def restore_drill(
             if result.returncode != 0:
                 lines = (result.stdout + result.stderr).strip().splitlines()
                 raise IntegrityError(f"pg_amcheck found problems in the restore of {m.id}: {lines[:1]}")
-        return restore_seconds, len(m.tables), amcheck
+        return restore_seconds, tables, amcheck
     finally:
         with contextlib.suppress(PgOpsError), conn.connect("postgres") as c:
             drop_database(c, scratch)

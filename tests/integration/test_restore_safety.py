@@ -166,3 +166,34 @@ def test_disaster_recovery_onto_fresh_server_with_globals(engine: Engine, pg: Cl
     roles = "SELECT rolname, rolcanlogin, rolpassword FROM pg_authid WHERE rolname ILIKE '%pgops%' ORDER BY 1"
     assert fresh_server.execute("postgres", roles) == pg.execute("postgres", roles)
     assert len(fresh_server.execute("postgres", roles)) == 3
+
+
+def test_restore_check_passes_or_keeps_the_original(engine: Engine, pg: Cluster, small_db: str) -> None:
+    """--check (restore.yml uses it) compares the restored tables with the manifest before the switch."""
+    engine.run(["backup", "--databases", small_db, "--no-globals"], check=True)
+    ok = engine.run(["restore", "--database", small_db, "--target-db", small_db + "_chk", "--check", "--json"])
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["tables_checked"] == 1
+
+    # The backup now claims a table the dump does not hold, and more rows than t has: what a dump that
+    # silently lost data would look like. The manifest is rewritten in the store itself.
+    listed = backups(engine)[0]
+    st = engine.storage()
+    manifest = json.loads(st.get_bytes(str(listed["key"])))
+    manifest["tables"] = [
+        {"schema": "public", "name": "t", "reltuples": 50000, "n_live_tup": 50000},
+        {"schema": "public", "name": "ghost", "reltuples": 10, "n_live_tup": 10},
+    ]
+    st.delete(str(listed["key"]))
+    st.put_bytes(str(listed["key"]), json.dumps(manifest).encode())
+    st.close()
+    pg.execute(small_db, "INSERT INTO t VALUES (5000, 'must survive')")
+    before, dbs_before = pg.dump(small_db), pg.databases()
+
+    bad = engine.run(["restore", "--database", small_db, "--target-db", small_db, "--replace", "--check"])
+    assert bad.returncode == ExitCode.INTEGRITY, bad.stderr
+    assert "public.t: 1000 rows, manifest estimate 50000" in bad.stderr and "public.ghost" in bad.stderr
+    assert pg.dump(small_db) == before
+    assert {d for d in pg.databases() if "_pgops_old_" not in d} == set(dbs_before)
+    assert not [d for d in pg.databases() if d.startswith(small_db + "_pgops_old_")]
+    assert scratch_databases(pg) == set()
