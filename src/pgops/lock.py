@@ -20,8 +20,18 @@ def target_lock(lock_dir: str, target: str) -> Iterator[Path]:
     except OSError as e:
         raise ConfigError(f"PGOPS_LOCK_DIR={lock_dir!r} cannot be created: {e.strerror}") from None
     path = directory / f"pgops-{target}.lock"
+    flags = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    writable = True
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | flags, 0o644)
+    except PermissionError:
+        # Another user made the file (root running pgops by hand, say): flock works on a read-only
+        # descriptor too, so the scheduled run still locks; it just cannot record its pid.
+        writable = False
+        try:
+            fd = os.open(path, os.O_RDONLY | flags, 0o644)
+        except OSError as e:
+            raise ConfigError(f"PGOPS_LOCK_DIR={lock_dir!r}: cannot open {path.name}: {e.strerror}") from None
     except OSError as e:
         raise ConfigError(f"PGOPS_LOCK_DIR={lock_dir!r}: cannot open {path.name}: {e.strerror}") from None
     try:
@@ -30,8 +40,9 @@ def target_lock(lock_dir: str, target: str) -> Iterator[Path]:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             raise LockHeld(f"another pgops run (pid {holder}) holds the lock for target {target!r} ({path})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path
     finally:
         os.close(fd)
