@@ -1,6 +1,90 @@
 #!/usr/bin/env bash
-# Set everything up, then back up and restore a demo database locally (no cloud account needed).
+# The README's first command. On a fresh machine, with no cloud account:
+#   1. sets up the machine (apt packages, the venv), builds or reuses the local Debian 12 image and the
+#      offline wheelhouse;
+#   2. starts three containers with systemd on the podman network pgops-demo (10.213.48.0/24):
+#      pgops-demo-db, pgops-demo-store (S3 and GCS emulators), pgops-demo-restore (bare);
+#   3. builds the database host with playbooks/site.yml, loads pgbench data, backs it up now with
+#      playbooks/backup.yml (the same engine and settings the 02:00 cron job uses);
+#   4. rebuilds it on the bare container with playbooks/restore.yml, the disaster-recovery playbook;
+#   5. compares the two databases and prints a summary.
+# The containers stay up for you to explore (inventory/local); `scripts/demo.sh --down` removes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
+export CONTAINERS_CONF="$root/molecule/containers.conf"
+export PATH="$root/.venv/bin:$PATH" ANSIBLE_CONFIG="$root/ansible.cfg" ANSIBLE_FORCE_COLOR=${ANSIBLE_FORCE_COLOR:-0}
+network=pgops-demo subnet=10.213.48.0/24
+declare -A hosts=([pgops-demo-db]=10.213.48.10 [pgops-demo-store]=10.213.48.20 [pgops-demo-restore]=10.213.48.30)
+key=.cache/local-stack/id_ed25519
+log=.cache/local-stack/demo.log
+
+down() {
+  for h in "${!hosts[@]}"; do podman rm -f -t 5 "$h" >/dev/null 2>&1 || true; done
+  podman network rm -f "$network" >/dev/null 2>&1 || true
+}
+if [ "${1:-}" = "--down" ]; then down; echo "demo: containers and network removed"; exit 0; fi
+
+step() { printf '\ndemo: [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+play() { ansible-playbook -i inventory/local/hosts.yml "$@" >>"$log" 2>&1 || { tail -n 40 "$log" >&2; echo "demo: failed, full log in $log" >&2; exit 1; }; }
+t0=$SECONDS
+
+step "machine setup (apt packages, venv)"
 ./scripts/bootstrap.sh
-exec .venv/bin/python scripts/demo.py
+mkdir -p "$(dirname "$key")"; : >"$log"
+command -v ssh >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-client >/dev/null; }
+
+step "local image and offline wheelhouse"
+molecule/images/build.sh 12
+if [ ! -f dist/pgops/constraints.txt ] || [ -n "$(find src pyproject.toml requirements -newer dist/pgops/constraints.txt -print -quit)" ]; then
+  ./scripts/build-wheels.sh
+fi
+
+step "containers: ${!hosts[*]}"
+down
+podman network create --subnet "$subnet" "$network" >/dev/null
+[ -f "$key" ] || ssh-keygen -q -t ed25519 -N '' -f "$key"
+for h in "${!hosts[@]}"; do
+  podman run -d --name "$h" --hostname "$h" --network "$network" --ip "${hosts[$h]}" --systemd=always \
+    --label owner=pgops-demo localhost/pgops-debian:12 /sbin/init >/dev/null
+done
+for h in "${!hosts[@]}"; do
+  podman exec -i "$h" sh -c 'mkdir -p -m 700 /root/.ssh && cat >/root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys' <"$key.pub"
+  for _ in $(seq 60); do podman exec "$h" systemctl is-active -q ssh && break; sleep 1; done
+done
+
+step "object store (S3 and GCS emulators) on pgops-demo-store"
+play playbooks/local-objectstore.yml
+step "playbooks/site.yml: PostgreSQL and scheduled backups on pgops-demo-db"
+play playbooks/site.yml
+podman exec pgops-demo-db runuser -u postgres -- pgbench -i -q -s 10 appdb >>"$log" 2>&1
+step "playbooks/backup.yml: a backup now, to s3://pgops-demo/backups"
+play playbooks/backup.yml -l pgops-demo-db -e pgops_backup_reason=demo
+step "playbooks/restore.yml: disaster recovery onto the bare pgops-demo-restore"
+play playbooks/restore.yml -e pgops_restore_host=pgops-demo-restore -e pgops_restore_from=pgops-demo-db
+rto=$(grep -o 'Recovered .* in [0-9.]* s' "$log" | tail -n 1)
+
+step "comparing the source and the restored database"
+dump() { podman exec "$1" runuser -u postgres -- pg_dump --restrict-key=pgopsdemo -d appdb | sha256sum | cut -c1-16; }
+src=$(dump pgops-demo-db) dst=$(dump pgops-demo-restore)
+rows=$(podman exec pgops-demo-restore runuser -u postgres -- psql -X -A -t -d appdb -c 'SELECT count(*) FROM pgbench_accounts')
+listing=$(podman exec pgops-demo-restore pgops list --target pgops-demo-db)
+version=$(podman exec pgops-demo-db runuser -u postgres -- psql -X -A -t -c 'SHOW server_version')
+
+cat <<SUMMARY
+
+================================ pgops demo ================================
+Built       pgops-demo-db (10.213.48.10): PostgreSQL $version from playbooks/site.yml,
+            pgops in /opt/pgops, backups scheduled in /etc/cron.d/pgops
+            pgops-demo-store (10.213.48.20): S3 API :9000, GCS API :4443
+Backed up   appdb (pgbench scale 10) and the roles to s3://pgops-demo/backups/pgops-demo-db/:
+$(sed 's/^/              /' <<<"$listing")
+Restored    on pgops-demo-restore (10.213.48.30) by playbooks/restore.yml:
+            $rto
+Compared    pg_dump of appdb: source $src, restored $dst, $rows rows in pgbench_accounts
+Result      $([ "$src" = "$dst" ] && echo "MATCHES: the restored data equals the source" || echo "DIFFERS")
+Took        $((SECONDS - t0)) s. Log: $log. Explore: ansible -i inventory/local/hosts.yml all -m ping
+            Remove: scripts/demo.sh --down
+=============================================================================
+SUMMARY
+[ "$src" = "$dst" ]

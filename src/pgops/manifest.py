@@ -37,6 +37,9 @@ KIND_GLOBALS = "globals"
 _SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
 
+REASON_SAFETY = "safety"
+
+
 def database_key(name: str) -> str:
     """Percent-encode every UTF-8 byte outside [A-Za-z0-9_-] ('.' included, so '..' cannot escape)."""
     return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
@@ -96,7 +99,7 @@ class Manifest:
     host: str
     engine_version: str
     database_properties: dict[str, Any] = dataclasses.field(default_factory=dict)
-    reason: str = "scheduled"  # or "safety" for the backup taken before restore --replace
+    reason: str = "scheduled"  # or REASON_SAFETY for the backup taken before restore --replace
     server_side_encryption: dict[str, Any] = dataclasses.field(default_factory=dict)
     tables: tuple[dict[str, Any], ...] = ()  # per-table row estimates, for restore drills
     key: str = ""  # where this manifest was read from (not stored)
@@ -275,6 +278,12 @@ class Catalog:
             if before:
                 what += f", started at or before {iso(before)}"
             raise BackupNotFound(f"no complete backup matches {what}")
+        if backup_id is None:
+            # The safety copy that restore --replace takes holds the state it just replaced: "latest"
+            # must not bring that back. It is restored only by its id (or when it is all there is).
+            regular = [m for m in found if m.reason != REASON_SAFETY]
+            if regular:
+                return regular[0]
         return found[0]
 
     def globals_for(self, m: Manifest) -> Manifest:

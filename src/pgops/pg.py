@@ -6,13 +6,15 @@ Passwords reach libpq and child processes only through the environment (PGPASSWO
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgops.errors import ConfigError, PostgresError
+from pgops.errors import ConfigError, PgOpsError, PostgresError
+from pgops.log import q
 
 if TYPE_CHECKING:
     import psycopg
@@ -348,6 +350,23 @@ def drop_database(conn: psycopg.Connection[Any], name: str) -> None:
     from psycopg import sql
 
     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def drop_scratch(pg: PgConn, name: str) -> None:
+    """Clean up after a failed restore or drill. Never raises: the failure that brought us here is the one
+    to report. If the server cannot drop it (it crashed, its disk is full), say which database is left."""
+    import psycopg
+
+    try:
+        with pg.connect("postgres") as c:
+            drop_database(c, name)
+    except (PgOpsError, psycopg.Error) as e:
+        logging.getLogger(__name__).warning(
+            "event=scratch_left database=%s error=%s hint=%s",
+            q(name),
+            q(_first_line(e)),
+            q(f"drop it by hand once the server is healthy: DROP DATABASE {name}"),
+        )
 
 
 def table_estimates(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:

@@ -29,15 +29,15 @@ from typing import IO, Any
 
 from pgops.backup import RunContext, backup_database
 from pgops.crypto import load_identities
-from pgops.errors import ConfigError, IntegrityError, PgOpsError, PostgresError, RestoreRefused, StorageError
+from pgops.errors import ConfigError, IntegrityError, PostgresError, RestoreRefused, StorageError
 from pgops.log import q
-from pgops.manifest import Catalog, Manifest, StoredObject, utcnow
+from pgops.manifest import REASON_SAFETY, Catalog, Manifest, StoredObject, utcnow
 from pgops.pg import (
     PgConn,
     apply_database_properties,
     create_database_sql,
     database_exists,
-    drop_database,
+    drop_scratch,
     find_bindir,
     role_exists,
     server_info,
@@ -330,7 +330,7 @@ def run_restore(
     safety: Manifest | None = None
     if exists:
         ctx = RunContext.open(settings, storage)
-        safety = backup_database(ctx, target, reason="safety")
+        safety = backup_database(ctx, target, reason=REASON_SAFETY)
         log.info("event=safety_backup database=%s id=%s", q(target), safety.id)
 
     scratch = f"pgops_restore_{secrets.token_hex(4)}"
@@ -345,8 +345,7 @@ def run_restore(
             warnings = apply_database_properties(c, scratch, props, skip_missing_roles=req.no_owner or req.no_acl)
             renamed = _switch_in(c, scratch, target, replace=exists)
     except BaseException:
-        with contextlib.suppress(PgOpsError), conn.connect("postgres") as c:
-            drop_database(c, scratch)
+        drop_scratch(conn, scratch)
         raise
     seconds = time.monotonic() - t0
     log.info("event=restore_done database=%s id=%s into=%s seconds=%.2f", q(req.database), m.id, q(target), seconds)

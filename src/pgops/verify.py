@@ -26,7 +26,7 @@ from typing import Any
 from pgops.errors import ConfigError, IntegrityError, PgOpsError, PostgresError
 from pgops.log import q
 from pgops.manifest import KIND_DATABASE, Catalog, Manifest, iso, utcnow, verification_key
-from pgops.pg import PgConn, create_database_sql, drop_database, find_bindir, server_info
+from pgops.pg import PgConn, create_database_sql, drop_scratch, find_bindir, server_info
 from pgops.proc import running
 from pgops.restore import (
     PipeSink,
@@ -148,8 +148,7 @@ def restore_drill(
                 raise IntegrityError(f"pg_amcheck found problems in the restore of {m.id}: {lines[:1]}")
         return restore_seconds, tables, amcheck
     finally:
-        with contextlib.suppress(PgOpsError), conn.connect("postgres") as c:
-            drop_database(c, scratch)
+        drop_scratch(conn, scratch)
 
 
 def _record(storage: Storage, result: VerifyResult) -> None:

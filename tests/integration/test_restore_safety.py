@@ -197,3 +197,22 @@ def test_restore_check_passes_or_keeps_the_original(engine: Engine, pg: Cluster,
     assert {d for d in pg.databases() if "_pgops_old_" not in d} == set(dbs_before)
     assert not [d for d in pg.databases() if d.startswith(small_db + "_pgops_old_")]
     assert scratch_databases(pg) == set()
+
+
+def test_latest_after_replace_is_the_backup_not_the_safety_copy(engine: Engine, pg: Cluster, small_db: str) -> None:
+    """The safety copy holds the state that --replace just threw out; "latest" must not bring it back."""
+    engine.run(["backup", "--databases", small_db, "--no-globals"], check=True)
+    backed_up = pg.dump(small_db)
+    pg.execute(small_db, "INSERT INTO t VALUES (5000, 'thrown out by the replace')")
+    time.sleep(1.1)  # backup ids carry the second
+    replaced = json.loads(
+        engine.run(
+            ["restore", "--database", small_db, "--target-db", small_db, "--replace", "--json"], check=True
+        ).stdout
+    )
+    again = engine.run(["restore", "--database", small_db, "--target-db", small_db + "_again", "--json"], check=True)
+    assert json.loads(again.stdout)["backup_id"] == replaced["backup_id"] != replaced["safety_backup_id"]
+    assert pg.dump(small_db + "_again") == backed_up
+    by_id = ["restore", "--database", small_db, "--target-db", small_db + "_undo", "--id", replaced["safety_backup_id"]]
+    engine.run(by_id, check=True)
+    assert "thrown out by the replace" in pg.dump(small_db + "_undo")

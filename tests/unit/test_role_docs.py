@@ -1,18 +1,26 @@
-"""The role's variables agree across defaults/main.yml, meta/argument_specs.yml and README.md."""
+"""Each role's variables agree across defaults/main.yml, meta/argument_specs.yml and its README."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import yaml
+import pytest
+import yaml  # type: ignore[import-untyped]
 
-ROLE = Path(__file__).resolve().parents[3] / "roles" / "postgresql"
+ROLES = sorted(
+    p.parent.parent for p in (Path(__file__).resolve().parents[2] / "roles").glob("*/meta/argument_specs.yml")
+)
 
 
-def test_defaults_specs_and_readme_agree() -> None:
-    defaults = set(yaml.safe_load((ROLE / "defaults/main.yml").read_text()))
-    specs = set(yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())["argument_specs"]["main"]["options"])
-    readme = set(re.findall(r"^\| `(postgresql_[a-z0-9_]+)` \|", (ROLE / "README.md").read_text(), re.M))
+@pytest.mark.parametrize("role", ROLES, ids=[r.name for r in ROLES])
+def test_defaults_specs_and_readme_agree(role: Path) -> None:
+    defaults = set(yaml.safe_load((role / "defaults/main.yml").read_text()))
+    specs = set(yaml.safe_load((role / "meta/argument_specs.yml").read_text())["argument_specs"]["main"]["options"])
+    readme = set(re.findall(rf"^\| `({role.name}_[a-z0-9_]+)` \|", (role / "README.md").read_text(), re.M))
     assert defaults == specs
     assert readme == specs
+
+
+def test_every_role_is_covered() -> None:
+    assert {r.name for r in ROLES} >= {"postgresql", "postgresql_backup", "local_objectstore"}

@@ -1,0 +1,114 @@
+"""What the operator must be able to rely on after a disaster recovery (issue 6, RELIABILITY 22)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from conftest import DB, TRICKY_DB, dump, psql, run_as_postgres
+from prometheus_client.parser import text_string_to_metric_families
+
+# Each test names its hosts itself (db, restored fixtures); run each once.
+testinfra_hosts = [f"podman://{DB}"]
+
+ROLES_SQL = """
+SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, rolconnlimit,
+       rolpassword IS NOT NULL, coalesce(rolpassword, '') LIKE 'SCRAM-SHA-256$%'
+FROM pg_authid WHERE rolname !~ '^pg_' ORDER BY 1
+"""
+MEMBERS_SQL = """
+SELECT r.rolname, m.rolname FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.roleid
+JOIN pg_roles m ON m.oid = a.member WHERE m.rolname !~ '^pg_' ORDER BY 1, 2
+"""
+DATABASES_SQL = """
+SELECT d.datname, pg_get_userbyid(d.datdba), d.datacl::text, pg_encoding_to_char(d.encoding), d.datcollate,
+       coalesce(shobj_description(d.oid, 'pg_database'), ''),
+       (SELECT string_agg(coalesce(pg_get_userbyid(s.setrole), '*') || ':' || array_to_string(s.setconfig, ','), ';'
+                          ORDER BY s.setrole)
+        FROM pg_db_role_setting s WHERE s.setdatabase = d.oid)
+FROM pg_database d WHERE d.datname IN ('appdb', 'Tricky db ☃') ORDER BY 1
+"""
+
+
+@pytest.mark.parametrize("database", ["appdb", TRICKY_DB])
+def test_restored_database_equals_the_source(db: Any, restored: Any, database: str) -> None:
+    source = dump(db, database)
+    assert "pgbench_accounts" in source
+    assert dump(restored, database) == source
+
+
+def test_roles_memberships_and_database_grants_came_back(db: Any, restored: Any) -> None:
+    for query in (ROLES_SQL, MEMBERS_SQL, DATABASES_SQL):
+        assert psql(restored, query) == psql(db, query)
+    roles = psql(restored, "SELECT rolname FROM pg_roles").split()
+    assert {"app_owner", "app_rw", "app_ro", "pgops_app_owner", "PgOps-Writer"} <= set(roles)
+    assert "pgops app reader" in psql(restored, "SELECT rolname FROM pg_roles")
+    grants = psql(restored, "SELECT has_table_privilege('app_ro', 'pgbench_accounts', 'SELECT')", db="appdb")
+    assert grants.strip() == "t"
+
+
+def test_side_database_from_the_gcs_run_equals_the_source(db: Any, restored: Any) -> None:
+    assert dump(restored, "appdb_from_gcs").replace("appdb_from_gcs", "appdb") == dump(db, "appdb")
+
+
+def test_metrics_say_every_job_succeeded(db: Any) -> None:
+    text = db.file("/var/lib/pgops/metrics/pgops.prom").content_string
+    samples = {
+        (s.name, s.labels.get("database", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    for database in ("appdb", TRICKY_DB, "@globals"):
+        assert samples[("pgops_backup_last_attempt_success", database)] == 1
+        assert samples[("pgops_backup_last_success_timestamp_seconds", database)] > 0
+    assert samples[("pgops_verify_last_attempt_success", "appdb")] == 1
+    assert samples[("pgops_restore_test_duration_seconds", "appdb")] > 0
+    assert samples[("pgops_retention_deleted_backups", "appdb")] == 0
+
+
+def test_the_cron_jobs_logged_their_runs(db: Any) -> None:
+    for job, event in (("backup", "event=run_done"), ("retention", "event="), ("verify", "event="), ("restore-test", "")):
+        log = db.file(f"/var/log/pgops/{job}.log")
+        assert log.exists and log.user == "postgres", job
+        assert "level=error" not in log.content_string, job
+        assert event in log.content_string, job
+
+
+def test_backup_role_files(db: Any) -> None:
+    env = db.file("/etc/pgops/pgops.env")
+    assert (env.user, env.group, env.mode) == ("postgres", "postgres", 0o600)
+    assert "PGOPS_S3_SECRET_ACCESS_KEY='local-secret'" in env.content_string
+    assert db.file("/etc/pgops").mode == 0o750
+    cron = db.file("/etc/cron.d/pgops").content_string
+    pgops = "/opt/pgops/venv/bin/pgops"
+    assert f"0 2 * * * postgres {pgops} backup --env-file /etc/pgops/pgops.env >>/var/log/pgops/backup.log 2>&1" in cron
+    assert f"30 4 * * * postgres {pgops} retention " in cron
+    assert f"0 5 * * 0 postgres {pgops} verify " in cron
+    assert f"30 5 1 * * postgres {pgops} verify --restore-test " in cron
+    assert db.file("/usr/local/bin/pgops").linked_to == pgops
+    assert db.service("cron").is_running
+    assert db.run("logrotate --debug /etc/logrotate.d/pgops").rc == 0
+    metrics = db.file("/var/lib/pgops/metrics")
+    assert metrics.is_directory and metrics.user == "postgres"
+
+
+def test_secrets_stay_out_of_the_logs(db: Any) -> None:
+    for path in ("/var/log/pgops/backup.log", "/var/log/pgops/verify.log", "/var/log/pgops/restore-test.log"):
+        assert "local-secret" not in db.file(path).content_string
+
+
+def test_new_host_schedules_with_timers_and_records_the_recovery(restored: Any) -> None:
+    assert not restored.file("/etc/cron.d/pgops").exists
+    for job in ("backup", "retention", "verify", "restore-test"):
+        timer = restored.service(f"pgops-{job}.timer")
+        assert timer.is_enabled and timer.is_running, job
+    result = restored.run("systemctl show -p Result --value pgops-backup.service")
+    assert result.stdout.strip() == "success"
+    listed = json.loads(run_as_postgres(restored, ["/opt/pgops/venv/bin/pgops", "list", "--json"]))
+    assert {b["database"] for b in listed["backups"]} >= {"appdb", TRICKY_DB, None}
+    assert {b["target"] for b in listed["backups"]} == {"pgops-e2e-restore"}
+    report = json.loads(restored.file("/var/lib/pgops/last-restore.json").content_string)
+    assert report["source_target"] == DB and float(report["recovery_seconds"]) > 0
+    assert sorted(d["database"] for d in report["databases"]) == ["Tricky db ☃", "appdb"]
+    assert all(d["tables_checked"] >= 4 for d in report["databases"])
