@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import re
 import signal
 import subprocess
 import threading
@@ -66,8 +67,7 @@ class Child:
         rc = self.wait()
         if rc != 0:
             how = f"was killed by signal {-rc}" if rc < 0 else f"exited {rc}"
-            detail = self.stderr_text.splitlines()
-            raise PostgresError(f"{self.name} {how} during {what}: {detail[-1] if detail else 'no error output'}")
+            raise PostgresError(f"{self.name} {how} during {what}: {error_summary(self.stderr_text)}")
 
     def kill(self) -> None:
         """Stop the child now and reap it. Safe to call on a finished child."""
@@ -105,3 +105,16 @@ def running(
         if child.proc.poll() is None and child.proc.returncode is None:
             # The body returned without waiting: that is a bug in the caller, never leave a zombie.
             child.kill()
+
+
+_ERROR_LINE = re.compile(r"\b(error|fatal|panic)\b", re.IGNORECASE)
+
+
+def error_summary(stderr: str) -> str:
+    """The lines that say what went wrong, not the last one. pg_dump ends with "detail: Command was: COPY
+    ...", while the cause ("ERROR: invalid page in block 0") is on an earlier line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if not lines:
+        return "no error output"
+    errors = [line for line in lines if _ERROR_LINE.search(line) and "Command was:" not in line]
+    return " | ".join(errors[:3]) if errors else lines[-1]
