@@ -27,6 +27,8 @@ for tool in podman debootstrap molecule ssh; do
 done
 
 molecule/images/build.sh
+# The wheelhouses the end-to-end scenario installs on its hosts (reproducible: unchanged source, same bytes).
+./scripts/build-wheels.sh
 
 scenarios=("$@")
 if ((${#scenarios[@]} == 0)); then

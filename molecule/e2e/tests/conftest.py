@@ -38,4 +38,28 @@ def psql(host: Any, sql: str, db: str = "postgres") -> str:
 
 def dump(host: Any, database: str) -> str:
     """Schema and data, with a fixed restrict key so that two dumps of equal databases are equal."""
-    return run_as_postgres(host, ["pg_dump", "--restrict-key", RESTRICT_KEY, "-d", f"dbname='{database}'"])
+    return canonical(run_as_postgres(host, ["pg_dump", "--restrict-key", RESTRICT_KEY, "-d", f"dbname='{database}'"]))
+
+
+def canonical(text: str) -> str:
+    """Sort each run of consecutive GRANT / REVOKE / ALTER DEFAULT PRIVILEGES lines of a dump.
+
+    pg_dump writes an ACL's entries in the order of the aclitem array, and PostgreSQL keeps default ACLs
+    sorted by grantee OID. A new host creates the roles from pg_dumpall in name order, so its OIDs, and
+    with them the order of the statements inside one ACL entry, can differ from the source's while the
+    privileges are the same. Every other line keeps its place.
+    """
+    out: list[str] = []
+    run: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith(_ACL_STATEMENTS):
+            run.append(line)
+            continue
+        out.extend(sorted(run))
+        run.clear()
+        out.append(line)
+    out.extend(sorted(run))
+    return "".join(out)
+
+
+_ACL_STATEMENTS = ("GRANT ", "REVOKE ", "ALTER DEFAULT PRIVILEGES ")

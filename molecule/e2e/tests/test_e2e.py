@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 import pytest
-from conftest import DB, TRICKY_DB, dump, psql, run_as_postgres
 from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import DB, TRICKY_DB, dump, psql, run_as_postgres
 
 # Each test names its hosts itself (db, restored fixtures); run each once.
 testinfra_hosts = [f"podman://{DB}"]
@@ -22,11 +23,15 @@ SELECT r.rolname, m.rolname FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.
 JOIN pg_roles m ON m.oid = a.member WHERE m.rolname !~ '^pg_' ORDER BY 1, 2
 """
 DATABASES_SQL = """
-SELECT d.datname, pg_get_userbyid(d.datdba), d.datacl::text, pg_encoding_to_char(d.encoding), d.datcollate,
+SELECT d.datname, pg_get_userbyid(d.datdba),
+       (SELECT string_agg(e.item, ',' ORDER BY e.item) FROM (
+          SELECT a.grantee::regrole || '=' || a.privilege_type || '/' || a.grantor::regrole || ':' || a.is_grantable
+          FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a) e(item)),
+       pg_encoding_to_char(d.encoding), d.datcollate,
        coalesce(shobj_description(d.oid, 'pg_database'), ''),
-       (SELECT string_agg(coalesce(pg_get_userbyid(s.setrole), '*') || ':' || array_to_string(s.setconfig, ','), ';'
-                          ORDER BY s.setrole)
-        FROM pg_db_role_setting s WHERE s.setdatabase = d.oid)
+       (SELECT string_agg(e.item, ';' ORDER BY e.item) FROM (
+          SELECT coalesce(r.rolname, '*') || ':' || array_to_string(s.setconfig, ',')
+          FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid) e(item))
 FROM pg_database d WHERE d.datname IN ('appdb', 'Tricky db ☃') ORDER BY 1
 """
 
@@ -68,7 +73,13 @@ def test_metrics_say_every_job_succeeded(db: Any) -> None:
 
 
 def test_the_cron_jobs_logged_their_runs(db: Any) -> None:
-    for job, event in (("backup", "event=run_done"), ("retention", "event="), ("verify", "event="), ("restore-test", "")):
+    jobs = (
+        ("backup", "event=run_done"),
+        ("retention", "event=retention_done"),
+        ("verify", "event=verify_ok"),
+        ("restore-test", "mode=restore"),
+    )
+    for job, event in jobs:
         log = db.file(f"/var/log/pgops/{job}.log")
         assert log.exists and log.user == "postgres", job
         assert "level=error" not in log.content_string, job
