@@ -11,9 +11,11 @@ setup:
 	./scripts/bootstrap.sh
 
 lint: setup
-	$(BIN)/ruff check src tests bench scripts
-	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/ruff check src tests bench molecule
+	$(BIN)/ruff format --check src tests bench molecule
 	$(BIN)/mypy
+	@# Each scenario's testinfra suite has its own conftest module, so each is its own mypy run.
+	for d in molecule/*/tests; do $(BIN)/mypy --strict "$$d"; done
 	$(BIN)/yamllint -s .
 	@if [ -d roles ]; then $(BIN)/ansible-lint --profile production; fi
 
