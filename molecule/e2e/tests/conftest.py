@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
 import testinfra
+from tests.fixtures.dumps import canonical  # the project root is on sys.path (pyproject's pythonpath)
 
-DB, STORE, RESTORE = "pgops-e2e-db", "pgops-e2e-store", "pgops-e2e-restore"
+DB, STORE, RESTORE, DRILL = "pgops-e2e-db", "pgops-e2e-store", "pgops-e2e-restore", "pgops-e2e-drill"
 TRICKY_DB = "Tricky db ☃"
 RESTRICT_KEY = "pgopse2erestrictkey"  # pg_dump >= 15.14 writes a random \restrict key unless it is fixed
 
@@ -21,6 +24,16 @@ def db() -> Any:
 @pytest.fixture(scope="module")
 def restored() -> Any:
     return testinfra.get_host(f"podman://{RESTORE}")
+
+
+@pytest.fixture(scope="module")
+def drill() -> Any:
+    return testinfra.get_host(f"podman://{DRILL}")
+
+
+def ephemeral(name: str) -> str:
+    """A file side_effect.yml left in the scenario's ephemeral directory."""
+    return (Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / name).read_text().strip()
 
 
 def run_as_postgres(host: Any, argv: list[str]) -> str:
@@ -39,27 +52,3 @@ def psql(host: Any, sql: str, db: str = "postgres") -> str:
 def dump(host: Any, database: str) -> str:
     """Schema and data, with a fixed restrict key so that two dumps of equal databases are equal."""
     return canonical(run_as_postgres(host, ["pg_dump", "--restrict-key", RESTRICT_KEY, "-d", f"dbname='{database}'"]))
-
-
-def canonical(text: str) -> str:
-    """Sort each run of consecutive GRANT / REVOKE / ALTER DEFAULT PRIVILEGES lines of a dump.
-
-    pg_dump writes an ACL's entries in the order of the aclitem array, and PostgreSQL keeps default ACLs
-    sorted by grantee OID. A new host creates the roles from pg_dumpall in name order, so its OIDs, and
-    with them the order of the statements inside one ACL entry, can differ from the source's while the
-    privileges are the same. Every other line keeps its place.
-    """
-    out: list[str] = []
-    run: list[str] = []
-    for line in text.splitlines(keepends=True):
-        if line.startswith(_ACL_STATEMENTS):
-            run.append(line)
-            continue
-        out.extend(sorted(run))
-        run.clear()
-        out.append(line)
-    out.extend(sorted(run))
-    return "".join(out)
-
-
-_ACL_STATEMENTS = ("GRANT ", "REVOKE ", "ALTER DEFAULT PRIVILEGES ")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import DB, TRICKY_DB, dump, psql, run_as_postgres
+from conftest import DB, TRICKY_DB, dump, ephemeral, psql, run_as_postgres
 
 # Each test names its hosts itself (db, restored fixtures); run each once.
 testinfra_hosts = [f"podman://{DB}"]
@@ -123,3 +123,26 @@ def test_new_host_schedules_with_timers_and_records_the_recovery(restored: Any) 
     assert report["source_target"] == DB and float(report["recovery_seconds"]) > 0
     assert sorted(d["database"] for d in report["databases"]) == ["Tricky db ☃", "appdb"]
     assert all(d["tables_checked"] >= 4 for d in report["databases"])
+
+
+def test_recovery_took_the_newest_backups_the_on_demand_ones(restored: Any) -> None:
+    """backup.yml ran after the cron job: restore.yml must restore its backups, the newest."""
+    on_demand = ephemeral("on-demand-id.txt")
+    listed = json.loads(run_as_postgres(restored, ["/opt/pgops/venv/bin/pgops", "list", "--target", DB, "--json"]))
+    reasons = {b["reason"] for b in listed["backups"] if b["id"] == on_demand}
+    assert reasons == {"pre-migration"}
+    report = json.loads(restored.file("/var/lib/pgops/last-restore.json").content_string)
+    assert {d["backup_id"] for d in report["databases"]} == {on_demand}
+
+
+@pytest.mark.parametrize("database", ["appdb", TRICKY_DB])
+def test_drill_host_holds_the_same_data(db: Any, drill: Any, database: str) -> None:
+    assert dump(drill, database) == dump(db, database)
+
+
+def test_drill_host_schedules_nothing_and_reports_the_drill(drill: Any) -> None:
+    assert not drill.file("/etc/cron.d/pgops").exists
+    assert not drill.file("/etc/systemd/system/pgops-backup.timer").exists
+    report = json.loads(drill.file("/var/lib/pgops/last-restore.json").content_string)
+    assert report["source_target"] == DB and report["host"] == "pgops-e2e-drill"
+    assert sorted(d["database"] for d in report["databases"]) == ["Tricky db ☃", "appdb"]
