@@ -1,4 +1,4 @@
-"""Fixtures for the end-to-end verifier: the three instances by role, and psql/pg_dump on them."""
+"""Fixtures for the end-to-end verifier: the instances by role, and psql/pg_dump on them."""
 
 from __future__ import annotations
 
