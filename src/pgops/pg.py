@@ -242,6 +242,16 @@ def database_properties(conn: psycopg.Connection[Any], name: str) -> dict[str, A
         """,
         (name,),
     ).fetchall()
+    # The owner's own entries: an owner may have revoked some of its privileges (say TEMPORARY).
+    owner_acl = conn.execute(
+        """
+        SELECT a.privilege_type, a.is_grantable
+        FROM pg_database d, aclexplode(d.datacl) a
+        WHERE d.datname = %s AND a.grantee = d.datdba
+        ORDER BY 1
+        """,
+        (name,),
+    ).fetchall()
     settings = conn.execute(
         """
         SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END, unnest(s.setconfig)
@@ -261,6 +271,7 @@ def database_properties(conn: psycopg.Connection[Any], name: str) -> dict[str, A
         "comment": row[7],
         "default_acl": row[8],
         "acl": [{"grantee": g, "privilege": p, "grantable": bool(gr)} for g, p, gr in acl],
+        "owner_acl": [{"privilege": p, "grantable": bool(gr)} for p, gr in owner_acl],
         "settings": [{"role": r, "setting": s} for r, s in settings],
     }
 
@@ -282,6 +293,9 @@ def create_database_sql(name: str, props: dict[str, Any], owner: str | None) -> 
     if owner:
         parts.append(sql.SQL("OWNER = {}").format(sql.Identifier(owner)))
     return sql.SQL(" ").join(parts)
+
+
+_DATABASE_PRIVILEGES = frozenset({"CONNECT", "CREATE", "TEMPORARY"})
 
 
 def apply_database_properties(
@@ -311,16 +325,26 @@ def apply_database_properties(
         conn.execute(
             sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(db, sql.Literal(props["connection_limit"]))
         )
+
+    def grant(item: dict[str, Any], grantee: Any) -> None:
+        privilege = str(item["privilege"]).upper()
+        if privilege not in _DATABASE_PRIVILEGES:
+            warnings.append(f"skipped database privilege with unexpected name {privilege!r}")
+            return
+        stmt = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(sql.SQL(privilege), db, grantee)
+        conn.execute(sql.SQL("{} WITH GRANT OPTION").format(stmt) if item["grantable"] else stmt)
+
     if not props.get("default_acl", True):
         conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+        if "owner_acl" in props:  # older manifests did not record the owner's own entries: it keeps them all
+            row = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            owner = sql.Identifier(row[0] if row else "")
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(db, owner))
+            for item in props["owner_acl"]:
+                grant(item, owner)
         for item in props.get("acl", []):
-            if not role_ok(item["grantee"]):
-                continue
-            grantee = sql.SQL("PUBLIC") if item["grantee"] is None else sql.Identifier(item["grantee"])
-            stmt = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(sql.SQL(item["privilege"]), db, grantee)
-            if item["grantable"]:
-                stmt = sql.SQL("{} WITH GRANT OPTION").format(stmt)
-            conn.execute(stmt)
+            if role_ok(item["grantee"]):
+                grant(item, sql.SQL("PUBLIC") if item["grantee"] is None else sql.Identifier(item["grantee"]))
     for item in props.get("settings", []):
         if not role_ok(item["role"]):
             continue
