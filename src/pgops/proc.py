@@ -43,7 +43,14 @@ class Child:
             start_new_session=False,
         )
         self._drain = threading.Thread(target=self._read_stderr, name=f"{self.name}-stderr", daemon=True)
-        self._drain.start()
+        try:
+            self._drain.start()
+        except BaseException:
+            # A signal (our handlers raise) can land here, after the child exists and before any caller
+            # holds it: stop and reap it now, or it outlives us.
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -95,14 +102,17 @@ def running(
 ) -> Iterator[Child]:
     """Start a child; on any exception (including signals) kill and reap it before propagating."""
     log.debug("exec %s", argv[0])
-    child = Child(argv, env=env, stdin=stdin, stdout=stdout)
+    child: Child | None = None
     try:
+        # Made inside the try, so that a signal between the start and the yield still kills and reaps it.
+        child = Child(argv, env=env, stdin=stdin, stdout=stdout)
         yield child
     except BaseException:
-        child.kill()
+        if child is not None:
+            child.kill()
         raise
     finally:
-        if child.proc.poll() is None and child.proc.returncode is None:
+        if child is not None and child.proc.poll() is None and child.proc.returncode is None:
             # The body returned without waiting: that is a bug in the caller, never leave a zombie.
             child.kill()
 
