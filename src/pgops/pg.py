@@ -232,23 +232,14 @@ def database_properties(conn: psycopg.Connection[Any], name: str) -> dict[str, A
     ).fetchone()
     if row is None:
         raise PostgresError(f"database {name!r} does not exist")
-    acl = conn.execute(
+    # Every ACL item; the owner's own entries apart (an owner may have revoked some, say TEMPORARY).
+    items = conn.execute(
         """
         SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,
-               a.privilege_type, a.is_grantable
+               a.privilege_type, a.is_grantable, a.grantee = d.datdba
         FROM pg_database d, aclexplode(d.datacl) a
-        WHERE d.datname = %s AND a.grantee <> d.datdba
+        WHERE d.datname = %s
         ORDER BY 1 NULLS FIRST, 2
-        """,
-        (name,),
-    ).fetchall()
-    # The owner's own entries: an owner may have revoked some of its privileges (say TEMPORARY).
-    owner_acl = conn.execute(
-        """
-        SELECT a.privilege_type, a.is_grantable
-        FROM pg_database d, aclexplode(d.datacl) a
-        WHERE d.datname = %s AND a.grantee = d.datdba
-        ORDER BY 1
         """,
         (name,),
     ).fetchall()
@@ -270,8 +261,8 @@ def database_properties(conn: psycopg.Connection[Any], name: str) -> dict[str, A
         "connection_limit": row[6],
         "comment": row[7],
         "default_acl": row[8],
-        "acl": [{"grantee": g, "privilege": p, "grantable": bool(gr)} for g, p, gr in acl],
-        "owner_acl": [{"privilege": p, "grantable": bool(gr)} for p, gr in owner_acl],
+        "acl": [{"grantee": g, "privilege": p, "grantable": bool(gr)} for g, p, gr, own in items if not own],
+        "owner_acl": [{"privilege": p, "grantable": bool(gr)} for _, p, gr, own in items if own],
         "settings": [{"role": r, "setting": s} for r, s in settings],
     }
 
