@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   postgresql-15 postgresql-client-15 zstd age pgbackrest
-  podman runc debootstrap uidmap slirp4netns fuse-overlayfs netavark aardvark-dns
+  podman runc debootstrap uidmap slirp4netns fuse-overlayfs netavark aardvark-dns iptables
   openssl make git
 )
 
