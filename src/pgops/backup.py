@@ -20,8 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from pgops import __version__
+from pgops.catalog import Catalog, ClusterIdentity
 from pgops.crypto import Recipients, recipients_from_settings
-from pgops.errors import ConfigError, IntegrityError, Interrupted, PartialFailure, PgOpsError, StorageError
+from pgops.errors import (
+    ConfigError,
+    IntegrityError,
+    Interrupted,
+    PartialFailure,
+    PgOpsError,
+    StorageError,
+)
 from pgops.lock import target_lock
 from pgops.log import q
 from pgops.manifest import (
@@ -30,14 +38,17 @@ from pgops.manifest import (
     STATUS_OK,
     Manifest,
     StoredObject,
-    database_key,
+    data_key,
+    manifest_copy_key,
     manifest_key,
     new_backup_id,
     utcnow,
 )
+from pgops.ownership import check_clock, ensure_owner
 from pgops.pg import (
     PgConn,
     ServerInfo,
+    cluster_identity,
     database_properties,
     find_bindir,
     list_databases,
@@ -74,14 +85,20 @@ class RunContext:
     pg_dump_version: str
     backup_id: str
     recipients: Recipients | None
+    identity: ClusterIdentity
+    catalog: Catalog  # the target as it was when the run started
 
     @classmethod
     def open(cls, settings: Settings, storage: Storage) -> RunContext:
+        """Everything a run needs, after proving that this server's cluster owns the target."""
         recipients = recipients_from_settings(settings)  # validated before any work starts
         conn = PgConn.from_settings(settings)
         with conn.connect("postgres") as c:
             server = server_info(c)
+            identity = cluster_identity(c, socket.gethostname())
         bindir = find_bindir(settings.pg_bindir, server.major)
+        catalog = Catalog.load(storage, settings.target)
+        ensure_owner(storage, settings.target, identity, catalog)
         return cls(
             settings,
             storage,
@@ -91,6 +108,8 @@ class RunContext:
             tool_version(bindir, "pg_dump"),
             new_backup_id(utcnow()),
             recipients,
+            identity,
+            catalog,
         )
 
     def suffix(self) -> str:
@@ -232,14 +251,21 @@ def _commit(
         compression=ctx.compression_info(),
         encryption=ctx.encryption_info(),
         server_side_encryption=ctx.server_side_encryption(),
-        host=socket.gethostname(),
+        host=ctx.identity.host or socket.gethostname(),
         engine_version=__version__,
         database_properties=props or {},
         tables=tuple(tables or ()),
         reason=reason,
+        cluster=ctx.identity.to_json(),
     )
     key = manifest_key(m.target, m.database, m.id)
-    ctx.storage.put_bytes(key, m.dumps(), WriteOptions(content_type="application/json"))
+    body = m.dumps()
+    ctx.storage.put_bytes(key, body, WriteOptions(content_type="application/json"))
+    # The copy: a backup whose manifest.json rots stays readable. Written after the commit marker, so a
+    # crash in between leaves a complete backup that merely lacks its copy.
+    ctx.storage.put_bytes(
+        manifest_copy_key(m.target, m.database, m.id), body, WriteOptions(content_type="application/json")
+    )
     log.info(
         "event=backup_done database=%s id=%s bytes=%d raw_bytes=%d seconds=%.2f key=%s",
         q(database or "@globals"),
@@ -260,7 +286,7 @@ def backup_database(
         props = database_properties(c, database)
     with ctx.conn.connect(database) as c:
         tables = table_estimates(c)
-    key = f"{ctx.settings.target}/{database_key(database)}/{ctx.backup_id}/dump.pgc{ctx.suffix()}"
+    key = data_key(ctx.settings.target, database, ctx.backup_id, ctx.suffix())
     argv = [str(ctx.bindir / "pg_dump"), "--format=custom", "--compress=0", "--no-password"]
     argv += ["--dbname", ctx.conn.for_db(database)]
     log.info("event=backup_start database=%s id=%s", q(database), ctx.backup_id)
@@ -280,7 +306,7 @@ def backup_database(
 
 def backup_globals(ctx: RunContext, progress: Progress | None = None, *, reason: str = "scheduled") -> Manifest:
     started = utcnow()
-    key = f"{ctx.settings.target}/@globals/{ctx.backup_id}/globals.sql{ctx.suffix()}"
+    key = data_key(ctx.settings.target, None, ctx.backup_id, ctx.suffix())
     argv = [str(ctx.bindir / "pg_dumpall"), "--globals-only", "--no-password", "--dbname", ctx.conn.for_db("postgres")]
     log.info("event=backup_start database=@globals id=%s", ctx.backup_id)
     obj = _stream_dump(ctx, argv, key, "pg_dumpall --globals-only", progress, custom=False)
@@ -296,11 +322,19 @@ def backup_globals(ctx: RunContext, progress: Progress | None = None, *, reason:
 
 
 def run_backup(
-    settings: Settings, storage: Storage, *, progress: Progress | None = None, reason: str = "scheduled"
+    settings: Settings,
+    storage: Storage,
+    *,
+    progress: Progress | None = None,
+    reason: str = "scheduled",
+    allow_clock_behind: bool = False,
 ) -> BackupReport:
-    """One cron run: lock the target, dump globals then each database. One failure does not stop the rest."""
+    """One cron run: lock the target, prove it is ours and the clock sane, dump globals then each
+    database. One failure does not stop the rest."""
     with target_lock(settings.lock_dir, settings.target):
         ctx = RunContext.open(settings, storage)
+        if not allow_clock_behind:
+            check_clock(ctx.catalog, settings.target, utcnow())
         databases = resolve_databases(ctx.conn, settings.databases, settings.exclude_databases)
         report = BackupReport(ctx.backup_id)
         log.info(

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,9 +19,10 @@ from typing import Any
 
 from pgops import log as pglog
 from pgops import metrics
+from pgops.catalog import GOOD, STATES, Backup, Catalog, identity_of
 from pgops.cli_args import build_parser
 from pgops.errors import ConfigError, ExitCode, IntegrityError, Interrupted, PgOpsError
-from pgops.manifest import Catalog, Manifest, iso, parse_time
+from pgops.manifest import iso, parse_time
 from pgops.settings import Settings, load_settings
 
 log = logging.getLogger("pgops.cli")
@@ -81,7 +83,9 @@ def cmd_backup(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     progress = Progress("backup", None) if sys.stderr.isatty() else None
     attempt = time.time()
     try:
-        report = run_backup(settings, storage, progress=progress, reason=ns.reason)
+        report = run_backup(
+            settings, storage, progress=progress, reason=ns.reason, allow_clock_behind=ns.allow_clock_behind
+        )
     except PgOpsError:
         # nothing was backed up: every database this host reported before has a failed attempt now
         metrics.update(settings, lambda state: _mark_all_failed(state, attempt))
@@ -161,9 +165,7 @@ def cmd_retention(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     from pgops.storage import open_storage
 
     storage = open_storage(settings)
-    catalog = Catalog.load(storage, settings.target)
-    verified = frozenset(m.prefix for m in catalog.manifests if catalog.verified(m))
-    report = run_retention(settings, storage, dry_run=ns.dry_run, verified_ids=verified)
+    report = run_retention(settings, storage, dry_run=ns.dry_run)
     if not ns.dry_run:
 
         def record(state: dict[str, dict[str, float]]) -> None:
@@ -199,10 +201,6 @@ def cmd_status(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     return ExitCode.STALE if report.stale else ExitCode.OK
 
 
-def _row(m: Manifest) -> list[str]:
-    return [m.id, m.database or "@globals", iso(m.started_at), f"{m.duration:.1f}s", _human(m.size), m.reason]
-
-
 def _parse_before(text: str | None) -> dt.datetime | None:
     try:
         return parse_time(text) if text else None
@@ -210,32 +208,97 @@ def _parse_before(text: str | None) -> dt.datetime | None:
         raise ConfigError(f"--before={text!r} is not a time; valid: ISO 8601 like 2026-11-20T02:00:00Z") from None
 
 
+def _list_row(b: Backup) -> list[str]:
+    m = b.manifest
+    ident = identity_of(m) if m is not None else None
+    return [
+        b.backup_id,
+        b.database,
+        iso(m.started_at) if m else "-",
+        f"{m.duration:.1f}s" if m else "-",
+        _human(m.size) if m else "-",
+        m.reason if m else "-",
+        ident.system_identifier if ident else "-",
+        b.state + (" (verified)" if b.state == GOOD and b.verified else ""),
+    ]
+
+
+def _list_json(b: Backup) -> dict[str, Any]:
+    base = b.manifest.to_json() if b.manifest else {"id": b.backup_id, "database": b.database}
+    return dict(base, key=b.manifest_key, state=b.state, detail=b.detail, verified=b.verified)
+
+
 def cmd_list(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    """Good backups (with --all-states: every backup directory and its state), and who owns the target."""
     from pgops.storage import open_storage
 
     before = _parse_before(ns.before)
     catalog = Catalog.load(open_storage(settings), None if ns.all_targets else settings.target)
     found = [
-        m
-        for m in catalog.manifests
-        if m.ok and (ns.database is None or m.database == ns.database) and (before is None or m.started_at <= before)
+        b
+        for b in (catalog.in_state(*STATES) if ns.all_states else catalog.good)
+        if (ns.database is None or b.database == ns.database)
+        and (before is None or (b.started_at is not None and b.started_at <= before))
     ]
+    owners = {
+        t: [c.identity.to_json() | {"claimed_at": iso(c.at)} for c in chain] for t, chain in catalog.claims.items()
+    }
     if ns.json:
-        out = [dict(m.to_json(), key=m.key) for m in found]
-        json.dump(
-            {"backups": out, "unreadable_manifests": list(catalog.unreadable)},
-            sys.stdout,
-            indent=2,
-            ensure_ascii=False,
-        )
+        out = [_list_json(b) for b in found]
+        doc = {
+            "backups": out,
+            "unreadable_manifests": list(catalog.unreadable),
+            "owners": owners,
+            "ignored_keys": len(catalog.ignored_keys),
+        }
+        json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
         return ExitCode.OK
-    rows = [["ID", "DATABASE", "STARTED (UTC)", "DURATION", "SIZE", "REASON"], *map(_row, found)]
+    for target, chain in sorted(owners.items()):
+        now = chain[-1]
+        sys.stdout.write(
+            f"target {target}: cluster {now['system_identifier']} (PostgreSQL {now['major']}, host {now['host']})"
+            + (f", after {len(chain) - 1} earlier cluster(s)" if len(chain) > 1 else "")
+            + "\n"
+        )
+    header = ["ID", "DATABASE", "STARTED (UTC)", "DURATION", "SIZE", "REASON", "CLUSTER", "STATE"]
+    rows = [header, *map(_list_row, found)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         sys.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() + "\n")
-    if catalog.unreadable:
-        sys.stdout.write(f"({len(catalog.unreadable)} unreadable manifest(s) ignored; see the log)\n")
+    hidden = len(catalog.backups) - len(catalog.good)
+    if hidden and not ns.all_states:
+        sys.stdout.write(f"({hidden} backup(s) not restorable, not shown; --all-states shows them)\n")
+    if catalog.ignored_keys:
+        sys.stdout.write(f"({len(catalog.ignored_keys)} key(s) outside pgops' layout, ignored)\n")
+    return ExitCode.OK
+
+
+def cmd_adopt(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    """This server's cluster replaced the owner of the target (a DR rebuild, a major upgrade)."""
+    from pgops.ownership import adopt
+    from pgops.pg import PgConn, cluster_identity
+    from pgops.storage import open_storage
+
+    with PgConn.from_settings(settings).connect("postgres") as c:
+        identity = cluster_identity(c, socket.gethostname())
+    result = adopt(open_storage(settings), settings.target, identity, ns.replaces, ns.reason)
+    if ns.json:
+        doc = {
+            "target": settings.target,
+            "changed": result.claim is not None,
+            "previous": result.previous.to_json(),
+            "owner": result.identity.to_json(),
+        }
+        json.dump(doc, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    elif result.claim is None:
+        sys.stdout.write(f"target {settings.target}: already owned by this cluster {identity.describe()}\n")
+    else:
+        sys.stdout.write(
+            f"target {settings.target}: now owned by cluster {identity.describe()}, "
+            f"replacing {result.previous.describe()}\n"
+        )
     return ExitCode.OK
 
 
@@ -300,6 +363,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], ExitCode]] = {
     "status": cmd_status,
     "retention": cmd_retention,
     "check": cmd_check,
+    "adopt": cmd_adopt,
 }
 HEARTBEAT_COMMANDS = frozenset({"backup", "verify", "retention"})
 

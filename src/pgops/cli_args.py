@@ -54,13 +54,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="recorded in the manifest and shown by list, e.g. pre-migration (default: scheduled)",
     )
     b.add_argument("--json", action="store_true", help="print the stored backups as JSON on stdout")
+    b.add_argument(
+        "--allow-clock-behind",
+        action="store_true",
+        help="back up even though this host's clock is before the newest good backup's start (it will sort oldest)",
+    )
 
     ls = sub.add_parser("list", help="list complete backups, newest first", epilog=EXIT_CODES_HELP, formatter_class=fmt)
     _common(ls)
     ls.add_argument("--database", help="only this database")
     ls.add_argument("--all-targets", action="store_true", help="every target under the storage prefix")
     ls.add_argument("--before", help="only backups started at or before this ISO 8601 time")
+    ls.add_argument("--all-states", action="store_true", help="also failed, incomplete, orphan, ... backups")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    a = sub.add_parser(
+        "adopt",
+        help="this server's cluster replaced the target's owner (DR rebuild, major upgrade): record it once",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _common(a)
+    a.add_argument(
+        "--replaces",
+        required=True,
+        metavar="SYSID",
+        help="system identifier of the cluster that owns the target now (`pgops list` shows it)",
+    )
+    a.add_argument("--reason", default="replaced", type=_reason, help="recorded in the claim (default: replaced)")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
 
     r = sub.add_parser(
         "restore",

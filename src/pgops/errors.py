@@ -36,6 +36,14 @@ class ConfigError(PgOpsError):
     exit_code = ExitCode.CONFIG
 
 
+class ClusterMismatch(ConfigError):
+    """The target belongs to another PostgreSQL cluster (system identifier); nothing was written."""
+
+
+class ClockBehind(ConfigError):
+    """This host's clock is behind the newest good backup of the target; nothing was written."""
+
+
 class StorageError(PgOpsError):
     """The object store failed, refused a request, or is unreachable."""
 

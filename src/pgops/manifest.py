@@ -6,6 +6,8 @@ Key layout under the storage prefix (every part of a key is safe on every backen
     <target>/<database-key>/<backup-id>/manifest.json   written last, the commit marker
     <target>/@globals/<backup-id>/globals.sql.zst       pg_dumpall --globals-only of the same run
     <target>/@globals/<backup-id>/manifest.json
+    <target>/<group>/<backup-id>/manifest.json.copy     the same bytes, written right after manifest.json
+    <target>/@cluster/<stamp>-<hex>.json                which cluster owns the target (see catalog.py)
 
 A database key is the database name with every byte outside [A-Za-z0-9_-] percent-encoded, so names
 with quotes, spaces, slashes, dots or unicode are safe and '@globals' can never collide with one.
@@ -18,17 +20,16 @@ import datetime as dt
 import json
 import logging
 import secrets
-from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
 
-from pgops.errors import BackupNotFound, IntegrityError, ObjectNotFound
-from pgops.storage.base import Storage
+from pgops.errors import IntegrityError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MANIFEST_COPY_NAME = "manifest.json.copy"  # written right after manifest.json: one bad object is survivable
 GLOBALS_KEY = "@globals"
 STATUS_OK = "ok"
 KIND_DATABASE = "database"
@@ -102,6 +103,7 @@ class Manifest:
     reason: str = "scheduled"  # or REASON_SAFETY for the backup taken before restore --replace
     server_side_encryption: dict[str, Any] = dataclasses.field(default_factory=dict)
     tables: tuple[dict[str, Any], ...] = ()  # per-table row estimates, for restore drills
+    cluster: dict[str, Any] = dataclasses.field(default_factory=dict)  # catalog.ClusterIdentity of the source
     key: str = ""  # where this manifest was read from (not stored)
 
     @property
@@ -166,6 +168,7 @@ class Manifest:
                 reason=d.get("reason", "scheduled"),
                 server_side_encryption=dict(d.get("server_side_encryption") or {}),
                 tables=tuple(d.get("tables") or ()),
+                cluster=dict(d.get("cluster") or {}),
                 key=key,
             )
         except IntegrityError:
@@ -174,124 +177,20 @@ class Manifest:
             raise IntegrityError(f"{key}: unreadable manifest ({type(e).__name__}: {e})") from None
 
 
-def manifest_key(target: str, database: str | None, backup_id: str) -> str:
+def backup_prefix(target: str, database: str | None, backup_id: str) -> str:
     group = GLOBALS_KEY if database is None else database_key(database)
-    return f"{target}/{group}/{backup_id}/{MANIFEST_NAME}"
+    return f"{target}/{group}/{backup_id}"
 
 
-VERIFY_PREFIX = "verified-"
+def manifest_key(target: str, database: str | None, backup_id: str) -> str:
+    return f"{backup_prefix(target, database, backup_id)}/{MANIFEST_NAME}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Verification:
-    """A successful `pgops verify`, recorded as <backup dir>/verified-<UTC time>-<mode>.json."""
-
-    at: dt.datetime
-    mode: str  # "quick" or "restore"
-    key: str
+def manifest_copy_key(target: str, database: str | None, backup_id: str) -> str:
+    return f"{backup_prefix(target, database, backup_id)}/{MANIFEST_COPY_NAME}"
 
 
-def verification_key(m: Manifest, at: dt.datetime, mode: str) -> str:
-    return f"{m.prefix}/{VERIFY_PREFIX}{at.astimezone(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}-{mode}.json"
-
-
-def _parse_verification(key: str) -> Verification | None:
-    name = key.rsplit("/", 1)[-1]
-    if not name.startswith(VERIFY_PREFIX) or not name.endswith(".json"):
-        return None
-    stamp, _, mode = name[len(VERIFY_PREFIX) : -len(".json")].partition("-")
-    try:
-        at = dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
-    except ValueError:
-        return None
-    return Verification(at, mode, key)
-
-
-@dataclasses.dataclass(frozen=True)
-class Catalog:
-    """Every manifest under a storage prefix, read once. Unreadable ones are kept apart, never 'latest'."""
-
-    manifests: tuple[Manifest, ...]
-    unreadable: tuple[str, ...]
-    verifications: dict[str, tuple[Verification, ...]] = dataclasses.field(default_factory=dict)  # by prefix
-
-    def verified(self, m: Manifest) -> tuple[Verification, ...]:
-        """Successful verifications of this backup, newest first."""
-        return self.verifications.get(m.prefix, ())
-
-    def verified_ids(self) -> frozenset[str]:
-        return frozenset(m.id for m in self.manifests if self.verified(m))
-
-    @classmethod
-    def load(cls, storage: Storage, target: str | None = None) -> Catalog:
-        prefix = f"{target}/" if target else ""
-        good: list[Manifest] = []
-        bad: list[str] = []
-        marks: dict[str, list[Verification]] = {}
-        for info in storage.list(prefix):
-            mark = _parse_verification(info.key)
-            if mark is not None:
-                marks.setdefault(info.key.rsplit("/", 1)[0], []).append(mark)
-            if not info.key.endswith("/" + MANIFEST_NAME):
-                continue
-            try:
-                good.append(Manifest.loads(storage.get_bytes(info.key), info.key))
-            except (IntegrityError, ObjectNotFound) as e:
-                log.warning("event=manifest_unreadable key=%s error=%r", info.key, str(e))
-                bad.append(info.key)
-        good.sort(key=lambda m: (m.started_at, m.id), reverse=True)
-        verifications = {k: tuple(sorted(v, key=lambda x: x.at, reverse=True)) for k, v in marks.items()}
-        return cls(tuple(good), tuple(sorted(bad)), verifications)
-
-    def select(
-        self,
-        *,
-        database: str | None = None,
-        kind: str = KIND_DATABASE,
-        backup_id: str | None = None,
-        before: dt.datetime | None = None,
-        only_ok: bool = True,
-    ) -> list[Manifest]:
-        """Newest first, by the manifest's recorded start time (never by key order)."""
-        out: Iterable[Manifest] = self.manifests
-        out = [m for m in out if m.kind == kind and (not only_ok or m.ok)]
-        if database is not None:
-            out = [m for m in out if m.database == database]
-        if backup_id is not None:
-            out = [m for m in out if m.id == backup_id]
-        if before is not None:
-            out = [m for m in out if m.started_at <= before]
-        return list(out)
-
-    def pick(
-        self,
-        *,
-        database: str,
-        backup_id: str | None = None,
-        before: dt.datetime | None = None,
-    ) -> Manifest:
-        found = self.select(database=database, backup_id=backup_id, before=before)
-        if not found:
-            what = f"database {database!r}"
-            if backup_id:
-                what += f", id {backup_id}"
-            if before:
-                what += f", started at or before {iso(before)}"
-            raise BackupNotFound(f"no complete backup matches {what}")
-        if backup_id is None:
-            # The safety copy that restore --replace takes holds the state it just replaced: "latest"
-            # must not bring that back. It is restored only by its id (or when it is all there is).
-            regular = [m for m in found if m.reason != REASON_SAFETY]
-            if regular:
-                return regular[0]
-        return found[0]
-
-    def globals_for(self, m: Manifest) -> Manifest:
-        """The globals of the same run, else the newest globals taken before it."""
-        same = self.select(kind=KIND_GLOBALS, backup_id=m.id)
-        if same:
-            return same[0]
-        older = self.select(kind=KIND_GLOBALS, before=m.started_at)
-        if not older:
-            raise BackupNotFound(f"no globals backup for {m.id} (target {m.target}); restore without --with-globals")
-        return older[0]
+def data_key(target: str, database: str | None, backup_id: str, suffix: str) -> str:
+    """The dump object: dump.pgc (a database) or globals.sql (@globals), plus compression/encryption suffix."""
+    name = "globals.sql" if database is None else "dump.pgc"
+    return f"{backup_prefix(target, database, backup_id)}/{name}{suffix}"

@@ -19,6 +19,7 @@ from pgops.log import q
 if TYPE_CHECKING:
     import psycopg
 
+    from pgops.catalog import ClusterIdentity
     from pgops.settings import Settings
 
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
@@ -113,6 +114,21 @@ def server_info(conn: psycopg.Connection[Any]) -> ServerInfo:
     ).fetchone()
     assert row is not None
     return ServerInfo(row[0], row[1])
+
+
+def cluster_identity(conn: psycopg.Connection[Any], host: str) -> ClusterIdentity:
+    """The server's system identifier (readable by any role), major version, and as hints its data
+    directory (only roles that may read it; pg_settings hides it from others) and port."""
+    from pgops.catalog import ClusterIdentity
+
+    row = conn.execute(
+        "SELECT (SELECT system_identifier FROM pg_control_system())::text,"
+        " current_setting('server_version_num')::int / 10000,"
+        " (SELECT setting FROM pg_settings WHERE name = 'data_directory'),"
+        " current_setting('port')::int"
+    ).fetchone()
+    assert row is not None
+    return ClusterIdentity(row[0], row[1], row[2], row[3], host)
 
 
 def list_databases(conn: psycopg.Connection[Any]) -> list[str]:

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from pgops.backup import RunContext, backup_database
+from pgops.catalog import Catalog
 from pgops.crypto import load_identities
 from pgops.errors import ConfigError, IntegrityError, PostgresError, RestoreRefused, StorageError
 from pgops.log import q
-from pgops.manifest import REASON_SAFETY, Catalog, Manifest, StoredObject, utcnow
+from pgops.manifest import REASON_SAFETY, Manifest, StoredObject, utcnow
 from pgops.pg import (
     PgConn,
     apply_database_properties,

@@ -424,6 +424,14 @@ SPECS: tuple[Spec, ...] = (
         "3",
     ),
     Spec(
+        "KEEP_SAFETY",
+        _duration,
+        "14d",
+        "How long the safety copy that restore --replace takes is kept. Safety copies count for no other "
+        "keep rule and are never 'latest'.",
+        "30d",
+    ),
+    Spec(
         "RETENTION_TIMEZONE",
         _timezone,
         "UTC",
@@ -523,6 +531,7 @@ class Settings:
     keep_yearly: int
     max_age: int
     min_keep: int
+    keep_safety: int
     retention_timezone: str
     grace_period: int
     metrics_dir: str

@@ -12,7 +12,8 @@ import datetime as dt
 import statistics
 from typing import Any
 
-from pgops.manifest import KIND_DATABASE, Catalog, Manifest, iso
+from pgops.catalog import Catalog
+from pgops.manifest import KIND_DATABASE, REASON_SAFETY, Manifest, iso
 from pgops.settings import Settings
 from pgops.storage.base import Storage
 
@@ -77,8 +78,8 @@ def run_status(settings: Settings, storage: Storage, now: dt.datetime | None = N
     now = now or dt.datetime.now(dt.UTC)
     catalog = Catalog.load(storage, settings.target)
     groups: dict[str, list[Manifest]] = {}
-    for m in catalog.manifests:  # newest first
-        if m.ok:
+    for m in catalog.manifests:  # good ones, newest first; a safety copy is no scheduled backup
+        if m.reason != REASON_SAFETY:
             groups.setdefault(m.database if m.kind == KIND_DATABASE and m.database else "@globals", []).append(m)
     out = []
     for name, ms in sorted(groups.items()):

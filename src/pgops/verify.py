@@ -23,9 +23,10 @@ import subprocess
 import time
 from typing import Any
 
+from pgops.catalog import Catalog, verification_key
 from pgops.errors import ConfigError, IntegrityError, PgOpsError, PostgresError
 from pgops.log import q
-from pgops.manifest import KIND_DATABASE, Catalog, Manifest, iso, utcnow, verification_key
+from pgops.manifest import KIND_DATABASE, REASON_SAFETY, Manifest, iso, utcnow
 from pgops.pg import PgConn, create_database_sql, drop_scratch, find_bindir, server_info
 from pgops.proc import running
 from pgops.restore import (
@@ -81,15 +82,17 @@ class VerifyReport:
 
 
 def select(catalog: Catalog, *, backup_id: str | None, database: str | None, everything: bool) -> list[Manifest]:
-    """By id; or every good backup; or (default) the newest good backup of each database and of globals."""
-    found = [m for m in catalog.manifests if m.ok and (database is None or m.database == database)]
+    """By id; or every good backup; or (default) the newest good backup of each database and of globals
+    that is not a safety copy (restores take those only by id, so they are no drill's subject)."""
+    found = [m for m in catalog.manifests if database is None or m.database == database]
     if backup_id is not None:
         return [m for m in found if m.id == backup_id]
     if everything:
         return found
     newest: dict[tuple[str, str | None], Manifest] = {}
     for m in found:  # newest first
-        newest.setdefault((m.kind, m.database), m)
+        if m.reason != REASON_SAFETY:
+            newest.setdefault((m.kind, m.database), m)
     return list(newest.values())
 
 

@@ -113,8 +113,9 @@ def test_missing_or_unreadable_manifest_is_never_latest(engine: Engine, pg: Clus
     engine.run(["backup", "--databases", small_db, "--no-globals"], check=True)
     newest, second = backups(engine)[:2]
     st = engine.storage()
-    st.delete(str(newest["key"]))  # newest: manifest missing (a killed run's leftovers)
-    st.delete(str(second["key"]))
+    for b in (newest, second):  # neither manifest.json nor its copy is left readable
+        st.delete(str(b["key"]))
+        st.delete(str(b["key"]) + ".copy")
     st.put_bytes(str(second["key"]), b"{not json")  # second: manifest unreadable
     st.close()
 
@@ -125,6 +126,27 @@ def test_missing_or_unreadable_manifest_is_never_latest(engine: Engine, pg: Clus
     assert json.loads(result.stdout)["backup_id"] == first["id"]
     assert pg.execute(small_db + "_latest", "SELECT count(*) FROM t") == [(1000,)]
     assert str(second["key"]).endswith("/" + MANIFEST_NAME)
+
+
+def test_a_rotten_manifest_is_read_from_its_copy(engine: Engine, pg: Cluster, small_db: str) -> None:
+    """RELIABILITY 31: one bad object (bit rot in manifest.json) does not lose the backup."""
+    engine.run(["backup", "--databases", small_db, "--no-globals"], check=True)
+    (only,) = backups(engine)
+    key = str(only["key"])
+    st = engine.storage()
+    assert st.get_bytes(key + ".copy") == st.get_bytes(key)  # the copy is written with every manifest
+    rotten = bytearray(st.get_bytes(key))
+    rotten[len(rotten) // 2] ^= 0x55
+    st.delete(key)
+    st.put_bytes(key, bytes(rotten))
+    st.close()
+
+    listed = engine.run(["list", "--json"], check=True)
+    assert [b["id"] for b in json.loads(listed.stdout)["backups"]] == [only["id"]]
+    assert "event=manifest_copy_used" in listed.stderr
+    result = engine.run(["restore", "--database", small_db, "--target-db", small_db + "_copy", "--json"], check=True)
+    assert json.loads(result.stdout)["backup_id"] == only["id"]
+    assert pg.execute(small_db + "_copy", "SELECT count(*) FROM t") == [(1000,)]
 
 
 def test_before_picks_latest_backup_started_at_or_before(engine: Engine, pg: Cluster, small_db: str) -> None:

@@ -19,10 +19,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pgops.catalog import Catalog
 from pgops.errors import ExitCode, LockHeld
-from pgops.manifest import Catalog, Manifest, utcnow
+from pgops.manifest import Manifest, utcnow
 from pgops.retention import RetentionReport, render_plan_table, run_retention
-from pgops.retention.planner import REASON_BROKEN_OLD, REASON_MAX_AGE, REASON_NO_RULE, REASON_ORPHAN_OLD
+from pgops.retention.planner import (
+    REASON_BROKEN_OLD,
+    REASON_MAX_AGE,
+    REASON_NO_RULE,
+    REASON_ORPHAN_OLD,
+    REASON_UNREADABLE_ONLY,
+)
 from pgops.settings import build_settings
 from pgops.storage import Storage
 from tests.fixtures.engine import Engine, base_env
@@ -152,13 +159,21 @@ def test_keep_last_with_newest_backups_failed_or_incomplete(engine: Engine, smal
     later = retention(engine, KEEP_LAST="2", now=utcnow() + 2 * DAY)
     decided = by_prefix(later)
     assert decided[run.db.prefix][0] == decided[older[2].prefix][0] == "keep"  # no good backup goes
-    for m in broken:
+    for m in (failed, no_manifest, no_data):
         action, reasons = decided[m.prefix]
         assert action == "delete" and reasons[0] == (REASON_ORPHAN_OLD if m is no_manifest else REASON_BROKEN_OLD)
-    assert dirs(engine.keys()) == {run.db.prefix, run.globals.prefix, older[2].prefix} | {
+    # RELIABILITY 31: an unreadable manifest with no good backup after it may be the only copy: kept
+    assert decided[garbage.prefix] == ("keep", (REASON_UNREADABLE_ONLY, decided[garbage.prefix][1][1]))
+    assert dirs(engine.keys()) == {run.db.prefix, run.globals.prefix, older[2].prefix, garbage.prefix} | {
         f"{TARGET}/@globals/{older[2].id}"
     }
     assert listed_ids(engine, small_db) == [run.db.id, older[2].id]
+
+    with opened(engine) as st:  # a good backup after it: now the unreadable one may go
+        newer = forge_run(st, run, backup_id(t + 5 * HOUR, "newer0"), t + 5 * HOUR)
+    last = by_prefix(retention(engine, KEEP_LAST="2", now=utcnow() + 2 * DAY))
+    assert last[garbage.prefix][0] == "delete" and last[garbage.prefix][1][0] == REASON_BROKEN_OLD
+    assert garbage.prefix not in dirs(engine.keys()) and newer.prefix in dirs(engine.keys())
 
 
 # ---- RELIABILITY 14 ----------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from pgops.catalog import Catalog
 from pgops.errors import BackupNotFound, IntegrityError
-from pgops.manifest import Catalog, Manifest, StoredObject, database_from_key, database_key, manifest_key
+from pgops.manifest import Manifest, StoredObject, database_from_key, database_key, manifest_key
 from pgops.storage.base import ObjectInfo
 
 
@@ -20,7 +21,7 @@ def make(id_: str, started: dt.datetime, database: str | None = "app", status: s
         status=status,
         started_at=started,
         finished_at=started + dt.timedelta(seconds=5),
-        objects=(StoredObject("k", "dump", 10, "a" * 64, 20, "b" * 64),),
+        objects=(StoredObject(f"h/app/{id_}/dump.pgc.zst", "dump", 10, "a" * 64, 20, "b" * 64),),
         server_version="15.1",
         server_version_num=150001,
         tool_version="pg_dump 15",
@@ -65,14 +66,15 @@ class FakeStore:
 def test_latest_is_by_recorded_start_time_not_key_order() -> None:
     t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     # ids that sort the wrong way (clock skew on the host that named them)
-    newer = make("20250101T000000Z-zzzzzz", t + dt.timedelta(days=1))
+    newer = make("20250101T000000Z-eeeeee", t + dt.timedelta(days=1))
     older = make("20270101T000000Z-aaaaaa", t)
     failed = make("20260105T000000Z-ffffff", t + dt.timedelta(days=5), status="failed")
     store = FakeStore({manifest_key("h", "app", m.id): m.dumps() for m in (newer, older, failed)})
-    store.data["h/app/broken/manifest.json"] = b"garbage"
+    store.data.update({m.objects[0].key: b"x" * 10 for m in (newer, older, failed)})
+    store.data["h/app/20260106T000000Z-bbbbbb/manifest.json"] = b"garbage"
     cat = Catalog.load(store, "h")  # type: ignore[arg-type]
     assert cat.pick(database="app").id == newer.id
     assert cat.pick(database="app", before=t + dt.timedelta(hours=1)).id == older.id
-    assert cat.unreadable == ("h/app/broken/manifest.json",)
+    assert cat.unreadable == ("h/app/20260106T000000Z-bbbbbb/manifest.json",)
     with pytest.raises(BackupNotFound):
         cat.pick(database="other")

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import random
+import re
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pgops.catalog import FAILED, FOREIGN, GOOD, INCOMPLETE, ORPHAN, UNREADABLE, Catalog
+from pgops.catalog import Backup as Candidate
 from pgops.errors import ObjectNotFound
-from pgops.manifest import GLOBALS_KEY, Catalog, Manifest, StoredObject, database_key, manifest_key
-from pgops.retention import Candidate, Plan, Policy, candidates_from_listing, plan
-from pgops.retention.candidates import FAILED, FOREIGN, GOOD, INCOMPLETE, ORPHAN, UNREADABLE
+from pgops.manifest import GLOBALS_KEY, Manifest, StoredObject, database_key, manifest_key
+from pgops.retention import Plan, Policy, plan
 from pgops.retention.planner import (
     REASON_BROKEN_OLD,
     REASON_MAX_AGE,
@@ -84,11 +87,20 @@ class Store:
             self.data.pop(k, None)
 
     def candidates(self) -> tuple[list[Candidate], list[str]]:
-        return candidates_from_listing(self.objects.values(), self.read)
+        catalog = Catalog.from_listing(self.objects.values(), self.read)
+        return list(catalog.backups), list(catalog.ignored_keys)
+
+    def mark_verified(self, verified: frozenset[str]) -> None:
+        """A `pgops verify` record in each backup directory whose id or `<target>/<group>/<id>` is given."""
+        for key in [k for k in self.objects if k.endswith("/manifest.json")]:
+            prefix = key.rsplit("/", 1)[0]
+            if prefix in verified or prefix.rsplit("/", 1)[-1] in verified:
+                self.put(f"{prefix}/verified-20261120T000000Z-quick.json", b"{}", NOW - DAY)
 
     def plan(self, policy: Policy, now: dt.datetime = NOW, verified: frozenset[str] = frozenset()) -> Plan:
+        self.mark_verified(verified)
         cands, stray = self.candidates()
-        return plan(cands, policy, now, verified_ids=verified, ignored_keys=stray)
+        return plan(cands, policy, now, ignored_keys=stray)
 
     def add(
         self,
@@ -142,6 +154,9 @@ def kept_ids(p: Plan, group: str = "app") -> list[str]:
 
 
 def bid(t: dt.datetime, suffix: str = "aaaaaa") -> str:
+    """A backup id of pgops' pattern; a readable label that is not 6 hex digits is hashed into one."""
+    if not re.fullmatch("[0-9a-f]{6}", suffix):
+        suffix = hashlib.sha256(suffix.encode()).hexdigest()[:6]
     return t.strftime("%Y%m%dT%H%M%SZ") + "-" + suffix
 
 
@@ -301,7 +316,7 @@ def test_failed_incomplete_and_orphans_go_only_after_the_grace_period() -> None:
     }
     # started long ago by its clock, but written an hour ago: the newest time counts
     skewed = s.add("app", bid(NOW - 90 * DAY, "skewed"), NOW - 90 * DAY, FAILED, modified=NOW - HOUR)
-    s.add("app", bid(NOW - 10 * DAY), NOW - 10 * DAY)
+    s.add("app", bid(NOW - 20 * HOUR), NOW - 20 * HOUR)  # newer than all of them: an unreadable one may go
     p = s.plan(Policy(grace_period=36 * HOUR))
     by_prefix = {d.candidate.prefix: d for d in p.decisions}
     for (state, age), prefix in prefixes.items():
@@ -447,15 +462,16 @@ def newest(cands: list[Candidate]) -> Candidate | None:
 @given(history=histories(), policy=policies, seed=st.integers(0, 2**32))
 def test_retention_invariants(history: tuple[Store, dt.datetime, frozenset[str]], policy: Policy, seed: int) -> None:
     s, now, verified = history
+    s.mark_verified(verified)
     cands, _ = s.candidates()
-    p = plan(cands, policy, now, verified_ids=verified)
+    p = plan(cands, policy, now)
     kept = {d.candidate.prefix for d in p.kept}
     deleted = set(p.delete_keys)
 
     # deterministic, whatever the input order
     shuffled = [*cands]
     random.Random(seed).shuffle(shuffled)
-    assert plan(shuffled, policy, now, verified_ids=verified) == p
+    assert plan(shuffled, policy, now) == p
     assert len(deleted) == len(p.delete_keys)
 
     groups: dict[str, list[Candidate]] = {}
@@ -503,4 +519,4 @@ def test_retention_invariants(history: tuple[Store, dt.datetime, frozenset[str]]
 
     # idempotent: planning again on what is left deletes nothing more
     again, _ = after_store.candidates()
-    assert plan(again, policy, now, verified_ids=verified).delete_keys == ()
+    assert plan(again, policy, now).delete_keys == ()

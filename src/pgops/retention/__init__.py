@@ -1,7 +1,7 @@
 """Retention: keep what the policy says, delete the rest, and never lose the last good backup.
 
-    candidates.py   what is stored: one candidate per backup directory, with its state
-                    (good, failed, incomplete, unreadable, orphan, foreign)
+    ../catalog.py   what is stored: one Backup per backup directory, with its state (good, failed,
+                    incomplete, unreadable, orphan, foreign, other-cluster), shared with every command
     planner.py      the pure planner: keep/delete decisions with reasons (the rules are documented there)
     run.py          run_retention: lock, list once, plan, delete data first and manifests last; the report
 
@@ -13,19 +13,16 @@ takes no lock.
 
 from __future__ import annotations
 
-from pgops.retention.candidates import Candidate, candidates_from_listing
 from pgops.retention.planner import Decision, Plan, Policy, plan
 from pgops.retention.run import Outcome, RetentionReport, build_plan, render_plan_table, run_retention
 
 __all__ = [
-    "Candidate",
     "Decision",
     "Outcome",
     "Plan",
     "Policy",
     "RetentionReport",
     "build_plan",
-    "candidates_from_listing",
     "plan",
     "render_plan_table",
     "run_retention",

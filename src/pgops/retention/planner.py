@@ -1,6 +1,7 @@
 """The retention planner: which backups to keep, which to delete, and why. Pure: no storage, no clock.
 
-Input: candidates (see candidates.py: good, failed, incomplete, unreadable, orphan, foreign).
+Input: backups as the catalog classified them (pgops.catalog: good, failed, incomplete, unreadable,
+orphan, foreign, other-cluster).
 
 Keep rules for good backups, per group (target + database, and each target's @globals)
     Good backups are ordered by the manifest's recorded started_at, newest first, never by key or
@@ -16,8 +17,8 @@ Keep rules for good backups, per group (target + database, and each target's @gl
                 change only moves the local clock, so a backup at 00:30 local time is in that local day.
     min-keep    the MIN_KEEP newest are always kept.             reason "min-keep"
     newest      the newest good backup is always kept.           reason "newest-good"
-    verified    the newest good backup that is verified (its id, or its `<target>/<group>/<id>`
-                directory, is in `verified_ids`) is always kept. reason "newest-verified"
+    verified    the newest good backup that is verified (the catalog found a `pgops verify` record in
+                its directory) is always kept.                   reason "newest-verified"
     max age     a good backup that started more than MAX_AGE ago is deleted even if last N or a
                 daily/weekly/monthly/yearly rule would keep it: max age is a hard upper bound, EXCEPT
                 for min-keep, newest-good, newest-verified and the globals rule below, which keep the
@@ -25,29 +26,40 @@ Keep rules for good backups, per group (target + database, and each target's @gl
                 followed by "overrides <rule>" for each keep rule it overrode.
     otherwise   reason "not kept by any rule".
 
+Safety copies
+    The backup `restore --replace` takes of the database it replaces is a good backup, but it is no
+    part of the series: it never counts for last N, min-keep, newest-good, newest-verified or any
+    calendar rule, and it is never 'latest'. It is kept for KEEP_SAFETY after it started (reason
+    "safety copy, kept for KEEP_SAFETY"), then deleted ("safety copy older than KEEP_SAFETY").
+
 Globals
     `restore --with-globals` takes the globals of the same run, else the newest globals that started
     at or before the database backup (Catalog.globals_for). So for every kept good database backup
     of a target, the good globals backup that rule picks (same id if that globals backup is good, else
     the newest good one started at or before it) is kept too, whatever its own rules or its age say:
     reason "globals for N kept database backup(s)". Deleting other globals never changes that pick,
-    since deleting cannot bring a newer candidate into play. The @globals group also gets the keep
+    since deleting cannot bring a newer backup into play. The @globals group also gets the keep
     rules above on its own.
 
 Failed, incomplete, unreadable and orphan backups
-    Deleted once older than GRACE_PERIOD, whatever happens to good backups. Their age is measured
-    from the LATEST of the recorded started_at (if a manifest can be read) and the modified time of
-    each of their objects: anything touched recently is left alone, even if the host that wrote it
-    has a clock that runs late. Reasons "failed/incomplete and older than grace period" and "orphan
-    objects without manifest older than grace period"; while younger, "<state>, within grace period".
-    A backup in progress is never touched: its objects are younger than the grace period (and the
-    executor also holds the target lock that backups take).
+    Deleted once older than GRACE_PERIOD, whatever happens to good backups, except an unreadable one
+    (neither manifest.json nor its copy can be read): it is kept while its database has no good backup
+    that started after both its id's time and its objects' last write, since it may be the only copy.
+    Their age is measured from the LATEST of the recorded started_at (if a manifest can be read) and the
+    modified time of each of their objects: anything touched recently is left alone, even if the host
+    that wrote it has a clock that runs late. Reasons "failed/incomplete and older than grace period"
+    and "orphan objects without manifest older than grace period"; while younger, "<state>, within grace
+    period". A backup in progress is never touched: its objects are younger than the grace period (and
+    the executor also holds the target lock that backups take).
+
+Foreign and other-cluster backups
+    Never deleted and never counted: a newer pgops, or another cluster, wrote them.
 
 Deleting
-    A doomed backup's keys are deleted data first and manifest.json last; database backups come
-    before globals in the plan, so a globals backup goes after the database backups it served. A key
-    that any kept candidate lists or that a kept manifest names is never deleted. Keys directly under
-    the target that do not fit the layout are ignored, never deleted.
+    A doomed backup's keys are deleted data first, then manifest.json.copy, and manifest.json last;
+    database backups come before globals in the plan, so a globals backup goes after the database
+    backups it served. A key that any kept backup lists or that a kept manifest names is never
+    deleted. Keys that do not fit pgops' layout never reach the planner (the catalog ignores them).
 """
 
 from __future__ import annotations
@@ -57,11 +69,10 @@ import datetime as dt
 import zoneinfo
 from collections import defaultdict
 from collections.abc import Sequence
-from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
+from pgops.catalog import FOREIGN, GOOD, ORPHAN, OTHER_CLUSTER, UNREADABLE, Backup
 from pgops.manifest import GLOBALS_KEY
-from pgops.retention.candidates import FOREIGN, GOOD, ORPHAN, Candidate
 
 if TYPE_CHECKING:
     from pgops.settings import Settings
@@ -74,6 +85,9 @@ REASON_MAX_AGE = "older than max age"
 REASON_BROKEN_OLD = "failed/incomplete and older than grace period"
 REASON_ORPHAN_OLD = "orphan objects without manifest older than grace period"
 REASON_PAST_MAX_AGE = "past max age"
+REASON_SAFETY_KEPT = "safety copy, kept for KEEP_SAFETY"
+REASON_SAFETY_OLD = "safety copy older than KEEP_SAFETY"
+REASON_UNREADABLE_ONLY = "unreadable, and no newer good backup of its database: may be the only copy"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +101,7 @@ class Policy:
     min_keep: int = 1
     timezone: str = "UTC"
     grace_period: dt.timedelta = dt.timedelta(hours=36)
+    keep_safety: dt.timedelta = dt.timedelta(days=14)
 
     @classmethod
     def from_settings(cls, s: Settings) -> Policy:
@@ -100,6 +115,7 @@ class Policy:
             min_keep=s.min_keep,
             timezone=s.retention_timezone,
             grace_period=dt.timedelta(seconds=s.grace_period),
+            keep_safety=dt.timedelta(seconds=s.keep_safety),
         )
 
     def to_json(self) -> dict[str, object]:
@@ -113,12 +129,13 @@ class Policy:
             "min_keep": self.min_keep,
             "timezone": self.timezone,
             "grace_period_seconds": int(self.grace_period.total_seconds()),
+            "keep_safety_seconds": int(self.keep_safety.total_seconds()),
         }
 
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    candidate: Candidate
+    candidate: Backup
     keep: bool
     reasons: tuple[str, ...]  # the first one is the deciding reason
     delete_keys: tuple[str, ...] = ()  # data first, manifest.json last; empty when kept
@@ -154,7 +171,7 @@ class Plan:
         return tuple(d for d in self.decisions if not d.keep)
 
 
-def _order(c: Candidate) -> tuple[dt.datetime, str]:
+def _order(c: Backup) -> tuple[dt.datetime, str]:
     """Newest first by recorded start time; the id only breaks exact ties."""
     assert c.started_at is not None
     return (c.started_at, c.backup_id)
@@ -171,9 +188,7 @@ def _buckets(t: dt.datetime, tz: zoneinfo.ZoneInfo) -> dict[str, str]:
     }
 
 
-def _rule_reasons(
-    good: list[Candidate], policy: Policy, verified: AbstractSet[str]
-) -> dict[str, tuple[list[str], list[str]]]:
+def _rule_reasons(good: list[Backup], policy: Policy) -> dict[str, tuple[list[str], list[str]]]:
     """For each good backup (newest first): (hard reasons, soft reasons). Hard ones survive max age."""
     tz = zoneinfo.ZoneInfo(policy.timezone)
     out: dict[str, tuple[list[str], list[str]]] = {c.prefix: ([], []) for c in good}
@@ -181,7 +196,7 @@ def _rule_reasons(
         out[good[0].prefix][0].append(REASON_NEWEST)
     for c in good[: policy.min_keep]:
         out[c.prefix][0].append(REASON_MIN_KEEP)
-    newest_verified = next((c for c in good if c.backup_id in verified or c.prefix in verified), None)
+    newest_verified = next((c for c in good if c.verified), None)
     if newest_verified is not None:
         out[newest_verified.prefix][0].append(REASON_VERIFIED)
     for c in good[: policy.keep_last]:
@@ -205,37 +220,31 @@ def _rule_reasons(
 
 
 def plan(
-    candidates: Sequence[Candidate],
+    backups: Sequence[Backup],
     policy: Policy,
     now: dt.datetime,
     *,
-    verified_ids: AbstractSet[str] = frozenset(),
     ignored_keys: Sequence[str] = (),
 ) -> Plan:
-    """Decide every candidate. Deterministic: the order of `candidates` does not matter.
-
-    `verified_ids` holds backup ids (every database of that run) and/or backup directories
-    `<target>/<group>/<id>` (one database) that `pgops verify` has verified.
-    """
+    """Decide every backup. Deterministic: the order of `backups` does not matter."""
     if now.tzinfo is None:
         raise ValueError("plan() needs a timezone-aware 'now'")
-    by_prefix = {c.prefix: c for c in candidates}
-    if len(by_prefix) != len(candidates):
+    by_prefix = {c.prefix: c for c in backups}
+    if len(by_prefix) != len(backups):
         raise ValueError("plan() got the same backup directory twice")
-    groups: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
-    for c in sorted(candidates, key=lambda c: c.prefix):
+    groups: dict[tuple[str, str], list[Backup]] = defaultdict(list)
+    for c in sorted(backups, key=lambda c: c.prefix):
         groups[(c.target, c.group)].append(c)
 
     keep: dict[str, bool] = {}
     reasons: dict[str, list[str]] = {}
     for members in groups.values():
         good = sorted((c for c in members if c.state == GOOD), key=_order, reverse=True)
-        rules = _rule_reasons(good, policy, verified_ids)
+        regular = [c for c in good if not c.is_safety]
+        rules = _rule_reasons(regular, policy)
+        newest_good = good[0].started_at if good else None
         for c in members:
-            if c.state == GOOD:
-                keep[c.prefix], reasons[c.prefix] = _decide_good(c, *rules[c.prefix], policy, now)
-            else:
-                keep[c.prefix], reasons[c.prefix] = _decide_other(c, policy, now)
+            keep[c.prefix], reasons[c.prefix] = _decide(c, rules, policy, now, newest_good)
 
     _keep_globals(groups, keep, reasons)
 
@@ -249,15 +258,13 @@ def plan(
         for c in sorted(members, key=_display_order):
             delete: tuple[str, ...] = ()
             if not keep[c.prefix]:
-                data = [k for k in c.keys if k != c.manifest_key and k not in protected]
-                last = [c.manifest_key] if c.has_manifest and c.manifest_key not in protected else []
-                delete = (*data, *last)
+                delete = tuple(k for k in c.deletion_order if k not in protected)
             decisions.append(Decision(c, keep[c.prefix], tuple(r for r in reasons[c.prefix] if r), delete))
     return Plan(policy, now, tuple(decisions), tuple(sorted(ignored_keys)))
 
 
 def _decide_good(
-    c: Candidate, hard: list[str], soft: list[str], policy: Policy, now: dt.datetime
+    c: Backup, hard: list[str], soft: list[str], policy: Policy, now: dt.datetime
 ) -> tuple[bool, list[str]]:
     assert c.started_at is not None
     expired = policy.max_age is not None and now - c.started_at > policy.max_age
@@ -270,15 +277,41 @@ def _decide_good(
     return False, [REASON_NO_RULE]
 
 
-def _decide_other(c: Candidate, policy: Policy, now: dt.datetime) -> tuple[bool, list[str]]:
-    if c.state == FOREIGN:
-        return True, [f"not understood, left alone: {c.detail}"]
-    if now - c.age_anchor > policy.grace_period:
-        return False, [REASON_ORPHAN_OLD if c.state == ORPHAN else REASON_BROKEN_OLD, f"{c.state}: {c.detail}"]
-    return True, [f"{c.state}, within grace period", c.detail]
+def _decide(
+    c: Backup,
+    rules: dict[str, tuple[list[str], list[str]]],
+    policy: Policy,
+    now: dt.datetime,
+    newest_good: dt.datetime | None,
+) -> tuple[bool, list[str]]:
+    if c.state == GOOD and c.is_safety:
+        return _decide_safety(c, policy, now)
+    if c.state == GOOD:
+        return _decide_good(c, *rules[c.prefix], policy, now)
+    return _decide_other(c, policy, now, newest_good)
 
 
-def _display_order(c: Candidate) -> tuple[int, float, str]:
+def _decide_safety(c: Backup, policy: Policy, now: dt.datetime) -> tuple[bool, list[str]]:
+    """A safety copy (restore --replace) is kept for KEEP_SAFETY, outside every other rule."""
+    assert c.started_at is not None
+    if now - c.started_at > policy.keep_safety:
+        return False, [REASON_SAFETY_OLD]
+    return True, [REASON_SAFETY_KEPT]
+
+
+def _decide_other(
+    c: Backup, policy: Policy, now: dt.datetime, newest_good: dt.datetime | None
+) -> tuple[bool, list[str]]:
+    if c.state in (FOREIGN, OTHER_CLUSTER):
+        return True, [f"{c.state}, left alone: {c.detail}"]
+    if now - c.age_anchor <= policy.grace_period:
+        return True, [f"{c.state}, within grace period", c.detail]
+    if c.state == UNREADABLE and (newest_good is None or newest_good <= max(c.age_anchor, c.id_time)):
+        return True, [REASON_UNREADABLE_ONLY, c.detail]
+    return False, [REASON_ORPHAN_OLD if c.state == ORPHAN else REASON_BROKEN_OLD, f"{c.state}: {c.detail}"]
+
+
+def _display_order(c: Backup) -> tuple[int, float, str]:
     """Those with a readable manifest newest first by start time, then the rest by directory."""
     if c.started_at is not None:
         return (0, -c.started_at.timestamp(), c.backup_id)
@@ -286,7 +319,7 @@ def _display_order(c: Candidate) -> tuple[int, float, str]:
 
 
 def _keep_globals(
-    groups: dict[tuple[str, str], list[Candidate]], keep: dict[str, bool], reasons: dict[str, list[str]]
+    groups: dict[tuple[str, str], list[Backup]], keep: dict[str, bool], reasons: dict[str, list[str]]
 ) -> None:
     """Keep the globals that Catalog.globals_for would pick for every kept good database backup."""
     for (target, group), members in groups.items():
@@ -294,6 +327,7 @@ def _keep_globals(
             continue
         good = sorted((c for c in members if c.state == GOOD), key=_order, reverse=True)
         by_id = {c.backup_id: c for c in good}
+        good = [c for c in good if not c.is_safety]  # only a run's own globals pick a safety copy
         users: dict[str, int] = defaultdict(int)
         for (t, g), dbs in groups.items():
             if t != target or g == GLOBALS_KEY:

@@ -30,14 +30,13 @@ import dataclasses
 import datetime as dt
 import logging
 import zoneinfo
-from collections.abc import Set as AbstractSet
 from typing import Any
 
+from pgops.catalog import GOOD, Catalog
 from pgops.errors import ExitCode, ObjectLocked, ObjectNotFound, PgOpsError
 from pgops.lock import target_lock
 from pgops.log import q
 from pgops.manifest import GLOBALS_KEY, iso, utcnow
-from pgops.retention.candidates import GOOD, candidates_from_listing
 from pgops.retention.planner import Decision, Plan, Policy, plan
 from pgops.settings import Settings
 from pgops.storage.base import Storage
@@ -137,12 +136,10 @@ class RetentionReport:
         }
 
 
-def build_plan(
-    storage: Storage, target: str, policy: Policy, now: dt.datetime, verified_ids: AbstractSet[str] = frozenset()
-) -> Plan:
-    """One listing of `<target>/`, every manifest read once, then the pure planner."""
-    candidates, stray = candidates_from_listing(storage.list(f"{target}/"), storage.get_bytes)
-    return plan(candidates, policy, now, verified_ids=verified_ids, ignored_keys=stray)
+def build_plan(storage: Storage, target: str, policy: Policy, now: dt.datetime) -> Plan:
+    """The catalog (one listing of `<target>/`, every manifest read once), then the pure planner."""
+    catalog = Catalog.load(storage, target)
+    return plan(catalog.backups, policy, now, ignored_keys=catalog.ignored_keys)
 
 
 def run_retention(
@@ -150,20 +147,17 @@ def run_retention(
     storage: Storage,
     *,
     dry_run: bool,
-    verified_ids: AbstractSet[str] = frozenset(),
     now: dt.datetime | None = None,
 ) -> RetentionReport:
     """Apply the retention policy of `settings` to its target. See the module docstring for the rules.
 
-    `verified_ids`: backup ids, or backup directories `<target>/<database-key>/<id>`, that `pgops
-    verify` has verified; the newest verified good backup of each database is always kept.
     `now`: the time the policy is applied at (default: the current time, read before the listing).
     """
     policy = Policy.from_settings(settings)
     lock = contextlib.nullcontext() if dry_run else target_lock(settings.lock_dir, settings.target)
     with lock:
         when = now or utcnow()
-        p = build_plan(storage, settings.target, policy, when, verified_ids)
+        p = build_plan(storage, settings.target, policy, when)
         log.info(
             "event=retention_start target=%s dry_run=%s backups=%d to_delete=%d keys=%d storage=%s",
             q(settings.target),
@@ -173,8 +167,13 @@ def run_retention(
             len(p.delete_keys),
             q(storage.url),
         )
-        for key in p.ignored_keys:
-            log.warning("event=retention_ignored key=%s detail=%s", q(key), q("outside the backup layout; left alone"))
+        if p.ignored_keys:
+            log.info(
+                "event=retention_ignored target=%s keys=%d detail=%s",
+                q(settings.target),
+                len(p.ignored_keys),
+                q("not in pgops' layout; never deleted"),
+            )
         outcomes = [_apply(storage, d, dry_run) for d in p.decisions if d.candidate.group != GLOBALS_KEY]
         spare = _globals_of_locked(p, outcomes)
         for d in p.decisions:
@@ -213,7 +212,11 @@ def _globals_of_locked(p: Plan, outcomes: list[Outcome]) -> set[str]:
             continue
         start = c.started_at
         same = [g for g in good if g.target == c.target and g.backup_id == c.backup_id]
-        older = [g for g in good if g.target == c.target and g.started_at is not None and g.started_at <= start]
+        older = [
+            g
+            for g in good
+            if g.target == c.target and not g.is_safety and g.started_at is not None and g.started_at <= start
+        ]
         spare.update(g.prefix for g in (same or older)[:1])
     return {d.candidate.prefix for d in p.doomed} & spare
 
