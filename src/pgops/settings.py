@@ -331,7 +331,14 @@ SPECS: tuple[Spec, ...] = (
         "every 1000 parts, so an unknown-size stream never reaches the 10,000-part limit.",
         "8MiB",
     ),
-    Spec("S3_MAX_ATTEMPTS", _int_range(1, 20), "5", "Attempts per request/part, with exponential backoff.", "5"),
+    Spec(
+        "S3_MAX_ATTEMPTS",
+        _int_range(1, 20),
+        "5",
+        "How often each S3 request or part is sent at most, the first try included (1 = no retry); "
+        "retries back off exponentially.",
+        "5",
+    ),
     Spec(
         "S3_REQUEST_CHECKSUM",
         _choice("when_required", "when_supported"),

@@ -210,18 +210,18 @@ class S3Storage:
         Skips "directory" placeholder keys (ending in '/') and check()'s probe objects.
         """
         full_prefix = self.prefix + validate_prefix(prefix)
-        paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
-                for obj in page.get("Contents", []):
-                    key = obj["Key"][len(self.prefix) :]
-                    if not key or key.endswith("/") or key.startswith(CHECK_DIR + "/"):
-                        continue
-                    yield ObjectInfo(key=key, size=int(obj["Size"]), modified=obj["LastModified"].astimezone(dt.UTC))
-        except StorageError:
-            raise
-        except Exception as e:
-            raise translate(e, self.ctx, "ListObjectsV2", None) from e
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
+        while True:  # one page per request, each retried on its own
+            page = self._call("ListObjectsV2", None, lambda: self.client.list_objects_v2(**kwargs))
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(self.prefix) :]
+                if not key or key.endswith("/") or key.startswith(CHECK_DIR + "/"):
+                    continue
+                yield ObjectInfo(key=key, size=int(obj["Size"]), modified=obj["LastModified"].astimezone(dt.UTC))
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                return
+            kwargs["ContinuationToken"] = token
 
     def delete(self, key: str) -> None:
         """Delete one object; ObjectNotFound if absent, ObjectLocked if Object Lock protects it.
@@ -256,13 +256,16 @@ class S3Storage:
         probe's delete leaves a (tiny) noncurrent version behind, see delete().
         """
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.retry.call(lambda: self.client.head_bucket(Bucket=self.bucket), f"HeadBucket {self.bucket}")
         except sdk_errors() as e:
             if http_status(e) != 403:
                 raise translate(e, self.ctx, "check (HeadBucket)", None) from None
             # A HEAD response has no body, so 403 does not say why: ask again with a request that does.
             try:
-                self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+                self.retry.call(
+                    lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1),
+                    f"ListObjectsV2 {self.bucket}",
+                )
             except sdk_errors() as e2:
                 raise translate(e2, self.ctx, "check (ListObjectsV2)", None) from None
             raise translate(e, self.ctx, "check (HeadBucket)", None) from None

@@ -77,8 +77,9 @@ def build_client(settings: Settings) -> tuple[S3Client, ClientSpec]:
         spec = client_spec(settings, session.region_name)
         config = Config(
             region_name=spec.region,
-            # total_max_attempts counts the first try too: S3_MAX_ATTEMPTS=1 means no retry.
-            retries={"total_max_attempts": spec.max_attempts, "mode": "standard"},
+            # One retry layer: ours (retry.py), which counts PGOPS_S3_MAX_ATTEMPTS per request or part,
+            # logs each retry and stops waiting on a signal. botocore sends each request once.
+            retries={"total_max_attempts": 1, "mode": "standard"},
             s3=cast("Any", {"addressing_style": spec.addressing_style}),
             request_checksum_calculation=cast("Any", spec.request_checksum),
             response_checksum_validation="when_required",
