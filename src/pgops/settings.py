@@ -120,22 +120,10 @@ def _list(raw: str, key: str) -> tuple[str, ...]:
 
 
 def _storage_url(raw: str, key: str) -> str:
-    v = raw.strip()
-    scheme = v.split("://", 1)[0].lower() if "://" in v else ""
-    if scheme not in ("s3", "gs", "file"):
-        raise ConfigError(
-            f"{key}={v!r} is not a storage URL; valid forms: s3://bucket/prefix, gs://bucket/prefix, "
-            "file:///absolute/path"
-        )
-    rest = v.split("://", 1)[1]
-    if scheme == "file":
-        if not rest.startswith("/"):
-            raise ConfigError(f"{key}={v!r}: a file URL needs an absolute path, like file:///var/backups/pgops")
-    elif not rest.split("/", 1)[0]:
-        raise ConfigError(f"{key}={v!r}: the URL names no bucket; valid form: {scheme}://bucket/prefix")
-    if "@" in rest.split("/", 1)[0]:
-        raise ConfigError(f"{key}: credentials do not belong in the URL; use the credential settings instead")
-    return v
+    from pgops.storage.url import parse_storage_url  # the one parser of storage URLs
+
+    parse_storage_url(raw, key)
+    return raw.strip()
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -214,7 +202,14 @@ class Spec:
 
 SPECS: tuple[Spec, ...] = (
     # --- where backups go -----------------------------------------------------------------------
-    Spec("STORAGE_URL", _storage_url, None, "Where backups are stored.", "s3://acme-db-backups/prod"),
+    Spec(
+        "STORAGE_URL",
+        _storage_url,
+        None,
+        "Where backups are stored: s3://bucket/prefix, gs://bucket/prefix or file:///absolute/path. Bucket "
+        "names follow the provider's rules; the prefix or path has no empty, '.' or '..' parts and no '?' or '#'.",
+        "s3://acme-db-backups/prod",
+    ),
     Spec(
         "TARGET",
         _name,

@@ -189,20 +189,20 @@ def test_unreachable_endpoint_fails_fast_naming_the_endpoint(aws_isolated: None)
 
 
 def test_endpoint_without_scheme_means_https_with_certificate_checks(aws_isolated: None, tmp_path: Path) -> None:
-    storage = open_s3("minio.internal:9000", "b")  # built without connecting
+    storage = open_s3("minio.internal:9000", "bkt")  # built without connecting
     assert storage.client.meta.endpoint_url == "https://minio.internal:9000"
     assert getattr(storage.client, "_endpoint").http_session._verify is True  # noqa: B009
     bundle = tmp_path / "ca.pem"
     bundle.write_text("not used\n")
-    custom = open_s3("minio.internal:9000", "b", S3_CA_BUNDLE=str(bundle))
+    custom = open_s3("minio.internal:9000", "bkt", S3_CA_BUNDLE=str(bundle))
     assert getattr(custom.client, "_endpoint").http_session._verify == str(bundle)  # noqa: B009
-    off = open_s3("minio.internal:9000", "b", S3_VERIFY_TLS="false")
+    off = open_s3("minio.internal:9000", "bkt", S3_VERIFY_TLS="false")
     assert getattr(off.client, "_endpoint").http_session._verify is False  # noqa: B009
 
 
 def test_https_to_a_plain_http_endpoint_fails_with_a_tls_error(s3_server: str, aws_isolated: None) -> None:
     hostport = s3_server.split("://", 1)[1]  # moto speaks plain HTTP: the TLS handshake must fail
-    storage = open_s3(hostport, "b", S3_MAX_ATTEMPTS="1")
+    storage = open_s3(hostport, "bkt", S3_MAX_ATTEMPTS="1")
     assert storage.client.meta.endpoint_url == f"https://{hostport}"
     with pytest.raises(StorageError, match=r"TLS.*PGOPS_S3_CA_BUNDLE.*PGOPS_S3_VERIFY_TLS"):
         storage.check()
