@@ -478,6 +478,7 @@ SPECS: tuple[Spec, ...] = (
 )
 
 SPEC_BY_KEY = {s.key: s for s in SPECS}
+SECRET_ENV_KEYS = frozenset(s.env for s in SPECS if s.secret)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -564,19 +565,10 @@ def _suggest(key: str) -> str:
 
 
 def load_env_file(path: str | os.PathLike[str] | None, *, required: bool) -> dict[str, str]:
-    """Read a dotenv file. A missing default file is fine; a missing explicit one is an error."""
-    from dotenv import dotenv_values
+    """Read the env file strictly (envfile.py). A missing default file is fine; a missing explicit one is an error."""
+    from pgops.envfile import read_env_file
 
-    p = Path(path or DEFAULT_ENV_FILE)
-    if not p.exists():
-        if required:
-            raise ConfigError(f"env file {p} does not exist (--env-file / PGOPS_ENV_FILE)")
-        return {}
-    try:
-        values = dotenv_values(p, interpolate=False)
-    except OSError as e:
-        raise ConfigError(f"env file {p} cannot be read: {e.strerror}") from None
-    return {k: v for k, v in values.items() if v is not None}
+    return read_env_file(Path(path or DEFAULT_ENV_FILE), required=required, secret_keys=SECRET_ENV_KEYS)
 
 
 def build_settings(

@@ -38,6 +38,39 @@ def _file(tmp_path: Path, data: bytes, mode: int = 0o600) -> Path:
 
 
 @pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        (GOOD.encode() + b"PGOPS_TARGET db-1\n", "line 2 is not KEY=VALUE"),
+        (GOOD.encode() + f"PGOPS_S3_SECRET_ACCESS_KEY: {SECRET}\n".encode(), "line 2 is not KEY=VALUE"),
+        (GOOD.encode() + b"\x00\x01\x02\xff\xfe binary\n", "line 2 is not UTF-8 text"),
+        (GOOD.encode() + b"PGOPS_TARGET=a\x00b\n", "line 2 holds a NUL byte"),
+    ],
+    ids=["words", "yaml-style-secret", "binary", "nul"],
+)
+def test_malformed_env_file_is_exit_2_naming_file_and_line(tmp_path: Path, data: bytes, needle: str) -> None:
+    f = _file(tmp_path, data)
+    error = one_error(check_settings(f))
+    assert str(f) in error and needle in error
+
+
+def test_directory_as_env_file_is_exit_2(tmp_path: Path) -> None:
+    error = one_error(check_settings(tmp_path))
+    assert f"env file {tmp_path} is a directory" in error
+
+
+def test_readable_env_file_with_a_secret_is_refused_without_one_accepted(tmp_path: Path) -> None:
+    f = _file(tmp_path, f"{GOOD}PGOPS_S3_ACCESS_KEY_ID=AKIA1\nPGOPS_S3_SECRET_ACCESS_KEY={SECRET}\n".encode(), 0o644)
+    error = one_error(check_settings(f))
+    assert "PGOPS_S3_SECRET_ACCESS_KEY" in error and "mode 0644" in error and "chmod 600" in error
+    f.chmod(0o600)
+    assert check_settings(f).returncode == 0
+    public = _file(tmp_path, GOOD.encode(), 0o644)  # no secret in it: fine for anyone to read
+    ok = check_settings(public)
+    assert ok.returncode == 0, ok.stderr
+    assert "level=warning" not in ok.stderr and "level=error" not in ok.stderr
+
+
+@pytest.mark.parametrize(
     ("url", "needle"),
     [("gs://bucket/../etc", "'..' parts"), ("s3://acme-db-backups/prod?x=1", "'?' or '#'"), ("s3://x/p", "bucket")],
 )
