@@ -182,6 +182,20 @@ def _name(raw: str, key: str) -> str:
     return v
 
 
+# Compression levels: (lowest, highest, default) per PGOPS_COMPRESSION; the help text, the error and the
+# default all come from here, so docs/configuration.md and the engine cannot disagree.
+COMPRESSION_LEVELS = {"zstd": (1, 19, 3), "gzip": (1, 9, 6), "none": (0, 0, 0)}
+_LEVELS_TEXT = ", ".join(f"{k} {lo}-{hi} (default {d})" for k, (lo, hi, d) in COMPRESSION_LEVELS.items() if hi)
+
+
+def _compression_level(raw: str, key: str) -> int:
+    """Any integer; _cross_check holds it to the range of the chosen compression."""
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not an integer; valid values: {_LEVELS_TEXT}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     key: str  # without the PGOPS_ prefix, lower case is the attribute name
@@ -263,9 +277,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("COMPRESSION", _choice("zstd", "gzip", "none"), "zstd", "Compression of the stored dump.", "zstd"),
     Spec(
         "COMPRESSION_LEVEL",
-        _optional(_int_range(0, 22)),
+        _optional(_compression_level),
         "",
-        "Level: zstd 1-19 (default 3), gzip 1-9 (default 6).",
+        f"Level: {_LEVELS_TEXT}. Empty: the default.",
         "3",
     ),
     Spec("COMPRESSION_THREADS", _int_range(0, 256), "0", "zstd worker threads; 0 = one per CPU.", "2"),
@@ -548,7 +562,7 @@ class Settings:
     def effective_compression_level(self) -> int:
         if self.compression_level is not None:
             return self.compression_level
-        return {"zstd": 3, "gzip": 6, "none": 0}[self.compression]
+        return COMPRESSION_LEVELS[self.compression][2]
 
     def redacted(self) -> dict[str, Any]:
         """A dict safe to log: secrets appear only as whether they are set."""
@@ -605,11 +619,12 @@ def build_settings(
 def _cross_check(s: Settings) -> None:
     lvl = s.compression_level
     if lvl is not None:
-        valid = {"zstd": (1, 19), "gzip": (1, 9), "none": (0, 0)}[s.compression]
-        if not valid[0] <= lvl <= valid[1]:
+        lo, hi, default = COMPRESSION_LEVELS[s.compression]
+        if not lo <= lvl <= hi:
+            valid = f"{lo} to {hi} (empty: the default, {default})" if hi else "empty (no compression, no level)"
             raise ConfigError(
                 f"PGOPS_COMPRESSION_LEVEL={lvl} is not valid for PGOPS_COMPRESSION={s.compression}; "
-                f"valid values: {valid[0]} to {valid[1]}"
+                f"valid values: {valid}"
             )
     if s.s3_sse_kms_key_id and s.s3_sse != "aws:kms":
         raise ConfigError("PGOPS_S3_SSE_KMS_KEY_ID is set but PGOPS_S3_SSE is not aws:kms; set PGOPS_S3_SSE=aws:kms")
