@@ -105,6 +105,23 @@ def _size(lo: int, hi: int) -> Parser:
     return parse
 
 
+def _readable_file(raw: str, key: str) -> str:
+    """Empty, or a file this user can read."""
+    v = raw.strip()
+    if not v:
+        return v
+    path = Path(v)
+    if not path.exists():
+        problem = "does not exist"
+    elif not path.is_file():
+        problem = "is not a file"
+    elif not os.access(path, os.R_OK):
+        problem = "cannot be read by this user"
+    else:
+        return v
+    raise ConfigError(f"{key}={v!r}: {problem}; valid values: a readable file, or empty")
+
+
 def _choice(*choices: str) -> Parser:
     def parse(raw: str, key: str) -> str:
         v = raw.strip().lower()
@@ -308,12 +325,18 @@ SPECS: tuple[Spec, ...] = (
         "(from Vault)",
         secret=True,
     ),
-    Spec("S3_VERIFY_TLS", _bool, "true", "Check the endpoint's TLS certificate.", "true"),
+    Spec(
+        "S3_VERIFY_TLS",
+        _bool,
+        "true",
+        "Check the endpoint's TLS certificate. false: not checked, and each run logs one warning saying so.",
+        "true",
+    ),
     Spec(
         "S3_CA_BUNDLE",
-        _str,
+        _readable_file,
         "",
-        "CA bundle file for a private endpoint's certificate.",
+        "CA bundle file (PEM) for a private endpoint's certificate; it must exist.",
         "/etc/ssl/certs/internal-ca.pem",
     ),
     Spec("S3_ADDRESSING_STYLE", _choice("auto", "path", "virtual"), "auto", "Bucket addressing.", "path"),

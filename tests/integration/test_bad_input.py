@@ -3,13 +3,19 @@ the file or setting and what would be valid, exit 2, no traceback and no raw lib
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pgops.errors import ExitCode
 from tests.fixtures.engine import run_pgops
+from tests.fixtures.objstore import s3_env
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY"
 GOOD = "PGOPS_STORAGE_URL=s3://acme-db-backups/prod\n"
@@ -78,3 +84,107 @@ def test_settings_only_refuses_a_bad_storage_url(tmp_path: Path, url: str, needl
     f = _file(tmp_path, f"PGOPS_STORAGE_URL={url}\n".encode())
     error = one_error(check_settings(f))
     assert "PGOPS_STORAGE_URL" in error and needle in error
+
+
+# ---- TLS settings of the S3 client ----------------------------------------------------------------------
+
+
+class TLSProxy:
+    """HTTPS on 127.0.0.1 in front of moto's plain HTTP, with a self-signed certificate for 127.0.0.1."""
+
+    def __init__(self, upstream: str, tmp: Path) -> None:
+        self.cert, key = tmp / "cert.pem", tmp / "key.pem"
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(self.cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        host, port = upstream.split("://", 1)[1].rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ctx.load_cert_chain(self.cert, key)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"https://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        with (
+            contextlib.suppress(OSError),
+            self._ctx.wrap_socket(raw, server_side=True) as client,
+            socket.create_connection(self._upstream) as upstream,
+        ):
+            back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+            back.start()
+            _pipe(client, upstream)
+            back.join(timeout=30)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := src.recv(65536):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def tls_proxy(s3_server: str, tmp_path: Path) -> Iterator[TLSProxy]:
+    proxy = TLSProxy(s3_server, tmp_path)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def _s3_over_tls(proxy: TLSProxy, bucket: str, tmp_path: Path, **overrides: str) -> dict[str, str]:
+    env_file = tmp_path / "empty.env"
+    env_file.touch()
+    return {**s3_env(proxy.endpoint, bucket, S3_MAX_ATTEMPTS="1", **overrides), "PGOPS_ENV_FILE": str(env_file)}
+
+
+def test_tls_verification_off_is_one_log_line(tls_proxy: TLSProxy, s3_bucket: str, tmp_path: Path) -> None:
+    on = run_pgops(["list"], _s3_over_tls(tls_proxy, s3_bucket, tmp_path))  # control: the certificate is refused
+    assert on.returncode == ExitCode.STORAGE and "TLS verification" in on.stderr, on.stderr
+    off = run_pgops(["list"], _s3_over_tls(tls_proxy, s3_bucket, tmp_path, S3_VERIFY_TLS="false"))
+    assert off.returncode == 0, off.stderr
+    assert "InsecureRequestWarning" not in off.stderr and "warnings.warn" not in off.stderr, off.stderr
+    assert all(line.startswith("ts=") for line in off.stderr.splitlines()), off.stderr
+    warned = [line for line in off.stderr.splitlines() if "level=warning" in line]
+    assert len(warned) == 1 and "PGOPS_S3_VERIFY_TLS" in warned[0], off.stderr
+
+
+def test_ca_bundle_that_does_not_exist_is_named(tls_proxy: TLSProxy, s3_bucket: str, tmp_path: Path) -> None:
+    good = run_pgops(["list"], _s3_over_tls(tls_proxy, s3_bucket, tmp_path, S3_CA_BUNDLE=str(tls_proxy.cert)))
+    assert good.returncode == 0, good.stderr  # control: the bundle that signs the endpoint works
+    missing = tmp_path / "no-such-ca.pem"
+    env = _s3_over_tls(tls_proxy, s3_bucket, tmp_path, S3_CA_BUNDLE=str(missing))
+    for args in (["list"], ["check", "--settings-only"]):
+        error = one_error(run_pgops(args, env))
+        assert "PGOPS_S3_CA_BUNDLE" in error and str(missing) in error and "does not exist" in error
