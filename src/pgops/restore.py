@@ -276,13 +276,17 @@ def _restore_parallel(
     fd, name = tempfile.mkstemp(prefix=".pgops-spool-", suffix=".pgc", dir=directory)
     spool = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            try:
+        try:
+            # the buffered tail is written when the file closes, so a full disk can surface there too
+            with os.fdopen(fd, "wb") as f:
                 download_verified(storage, m, obj, f.write, progress=progress, identities=identities)
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise StorageError(f"spool directory {spool_dir!r} is full ({obj.raw_size} bytes needed)") from None
-                raise
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageError(
+                    f"spool directory {spool_dir!r} (--spool-dir / PGOPS_SPOOL_DIR) is full: "
+                    f"{os.strerror(e.errno)}; {obj.raw_size} bytes needed"
+                ) from None
+            raise
         with running([*argv, f"--jobs={jobs}", "--format=custom", str(spool)], env=env) as child:
             child.check(f"pg_restore --jobs={jobs} of backup {m.id}")
     finally:

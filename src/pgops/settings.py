@@ -105,6 +105,23 @@ def _size(lo: int, hi: int) -> Parser:
     return parse
 
 
+def _readable_file(raw: str, key: str) -> str:
+    """Empty, or a file this user can read."""
+    v = raw.strip()
+    if not v:
+        return v
+    path = Path(v)
+    if not path.exists():
+        problem = "does not exist"
+    elif not path.is_file():
+        problem = "is not a file"
+    elif not os.access(path, os.R_OK):
+        problem = "cannot be read by this user"
+    else:
+        return v
+    raise ConfigError(f"{key}={v!r}: {problem}; valid values: a readable file, or empty")
+
+
 def _choice(*choices: str) -> Parser:
     def parse(raw: str, key: str) -> str:
         v = raw.strip().lower()
@@ -120,22 +137,10 @@ def _list(raw: str, key: str) -> tuple[str, ...]:
 
 
 def _storage_url(raw: str, key: str) -> str:
-    v = raw.strip()
-    scheme = v.split("://", 1)[0].lower() if "://" in v else ""
-    if scheme not in ("s3", "gs", "file"):
-        raise ConfigError(
-            f"{key}={v!r} is not a storage URL; valid forms: s3://bucket/prefix, gs://bucket/prefix, "
-            "file:///absolute/path"
-        )
-    rest = v.split("://", 1)[1]
-    if scheme == "file":
-        if not rest.startswith("/"):
-            raise ConfigError(f"{key}={v!r}: a file URL needs an absolute path, like file:///var/backups/pgops")
-    elif not rest.split("/", 1)[0]:
-        raise ConfigError(f"{key}={v!r}: the URL names no bucket; valid form: {scheme}://bucket/prefix")
-    if "@" in rest.split("/", 1)[0]:
-        raise ConfigError(f"{key}: credentials do not belong in the URL; use the credential settings instead")
-    return v
+    from pgops.storage.url import parse_storage_url  # the one parser of storage URLs
+
+    parse_storage_url(raw, key)
+    return raw.strip()
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -194,6 +199,20 @@ def _name(raw: str, key: str) -> str:
     return v
 
 
+# Compression levels: (lowest, highest, default) per PGOPS_COMPRESSION; the help text, the error and the
+# default all come from here, so docs/configuration.md and the engine cannot disagree.
+COMPRESSION_LEVELS = {"zstd": (1, 19, 3), "gzip": (1, 9, 6), "none": (0, 0, 0)}
+_LEVELS_TEXT = ", ".join(f"{k} {lo}-{hi} (default {d})" for k, (lo, hi, d) in COMPRESSION_LEVELS.items() if hi)
+
+
+def _compression_level(raw: str, key: str) -> int:
+    """Any integer; _cross_check holds it to the range of the chosen compression."""
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not an integer; valid values: {_LEVELS_TEXT}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     key: str  # without the PGOPS_ prefix, lower case is the attribute name
@@ -214,7 +233,14 @@ class Spec:
 
 SPECS: tuple[Spec, ...] = (
     # --- where backups go -----------------------------------------------------------------------
-    Spec("STORAGE_URL", _storage_url, None, "Where backups are stored.", "s3://acme-db-backups/prod"),
+    Spec(
+        "STORAGE_URL",
+        _storage_url,
+        None,
+        "Where backups are stored: s3://bucket/prefix, gs://bucket/prefix or file:///absolute/path. Bucket "
+        "names follow the provider's rules; the prefix or path has no empty, '.' or '..' parts and no '?' or '#'.",
+        "s3://acme-db-backups/prod",
+    ),
     Spec(
         "TARGET",
         _name,
@@ -268,9 +294,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("COMPRESSION", _choice("zstd", "gzip", "none"), "zstd", "Compression of the stored dump.", "zstd"),
     Spec(
         "COMPRESSION_LEVEL",
-        _optional(_int_range(0, 22)),
+        _optional(_compression_level),
         "",
-        "Level: zstd 1-19 (default 3), gzip 1-9 (default 6).",
+        f"Level: {_LEVELS_TEXT}. Empty: the default.",
         "3",
     ),
     Spec("COMPRESSION_THREADS", _int_range(0, 256), "0", "zstd worker threads; 0 = one per CPU.", "2"),
@@ -299,12 +325,18 @@ SPECS: tuple[Spec, ...] = (
         "(from Vault)",
         secret=True,
     ),
-    Spec("S3_VERIFY_TLS", _bool, "true", "Check the endpoint's TLS certificate.", "true"),
+    Spec(
+        "S3_VERIFY_TLS",
+        _bool,
+        "true",
+        "Check the endpoint's TLS certificate. false: not checked, and each run logs one warning saying so.",
+        "true",
+    ),
     Spec(
         "S3_CA_BUNDLE",
-        _str,
+        _readable_file,
         "",
-        "CA bundle file for a private endpoint's certificate.",
+        "CA bundle file (PEM) for a private endpoint's certificate; it must exist.",
         "/etc/ssl/certs/internal-ca.pem",
     ),
     Spec("S3_ADDRESSING_STYLE", _choice("auto", "path", "virtual"), "auto", "Bucket addressing.", "path"),
@@ -331,7 +363,14 @@ SPECS: tuple[Spec, ...] = (
         "every 1000 parts, so an unknown-size stream never reaches the 10,000-part limit.",
         "8MiB",
     ),
-    Spec("S3_MAX_ATTEMPTS", _int_range(1, 20), "5", "Attempts per request/part, with exponential backoff.", "5"),
+    Spec(
+        "S3_MAX_ATTEMPTS",
+        _int_range(1, 20),
+        "5",
+        "How often each S3 request or part is sent at most, the first try included (1 = no retry); "
+        "retries back off exponentially.",
+        "5",
+    ),
     Spec(
         "S3_REQUEST_CHECKSUM",
         _choice("when_required", "when_supported"),
@@ -484,6 +523,7 @@ SPECS: tuple[Spec, ...] = (
 )
 
 SPEC_BY_KEY = {s.key: s for s in SPECS}
+SECRET_ENV_KEYS = frozenset(s.env for s in SPECS if s.secret)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -554,7 +594,7 @@ class Settings:
     def effective_compression_level(self) -> int:
         if self.compression_level is not None:
             return self.compression_level
-        return {"zstd": 3, "gzip": 6, "none": 0}[self.compression]
+        return COMPRESSION_LEVELS[self.compression][2]
 
     def redacted(self) -> dict[str, Any]:
         """A dict safe to log: secrets appear only as whether they are set."""
@@ -571,19 +611,10 @@ def _suggest(key: str) -> str:
 
 
 def load_env_file(path: str | os.PathLike[str] | None, *, required: bool) -> dict[str, str]:
-    """Read a dotenv file. A missing default file is fine; a missing explicit one is an error."""
-    from dotenv import dotenv_values
+    """Read the env file strictly (envfile.py). A missing default file is fine; a missing explicit one is an error."""
+    from pgops.envfile import read_env_file
 
-    p = Path(path or DEFAULT_ENV_FILE)
-    if not p.exists():
-        if required:
-            raise ConfigError(f"env file {p} does not exist (--env-file / PGOPS_ENV_FILE)")
-        return {}
-    try:
-        values = dotenv_values(p, interpolate=False)
-    except OSError as e:
-        raise ConfigError(f"env file {p} cannot be read: {e.strerror}") from None
-    return {k: v for k, v in values.items() if v is not None}
+    return read_env_file(Path(path or DEFAULT_ENV_FILE), required=required, secret_keys=SECRET_ENV_KEYS)
 
 
 def build_settings(
@@ -620,11 +651,12 @@ def build_settings(
 def _cross_check(s: Settings) -> None:
     lvl = s.compression_level
     if lvl is not None:
-        valid = {"zstd": (1, 19), "gzip": (1, 9), "none": (0, 0)}[s.compression]
-        if not valid[0] <= lvl <= valid[1]:
+        lo, hi, default = COMPRESSION_LEVELS[s.compression]
+        if not lo <= lvl <= hi:
+            valid = f"{lo} to {hi} (empty: the default, {default})" if hi else "empty (no compression, no level)"
             raise ConfigError(
                 f"PGOPS_COMPRESSION_LEVEL={lvl} is not valid for PGOPS_COMPRESSION={s.compression}; "
-                f"valid values: {valid[0]} to {valid[1]}"
+                f"valid values: {valid}"
             )
     if s.s3_sse_kms_key_id and s.s3_sse != "aws:kms":
         raise ConfigError("PGOPS_S3_SSE_KMS_KEY_ID is set but PGOPS_S3_SSE is not aws:kms; set PGOPS_S3_SSE=aws:kms")

@@ -85,7 +85,7 @@ def closed_port() -> int:
 @pytest.mark.parametrize(
     ("resets", "after_body_bytes"),
     [(1, None), (1, MiB), (2, MiB)],
-    ids=["reset-at-head", "reset-mid-body", "beyond-botocore-retries"],
+    ids=["reset-at-head", "reset-mid-body", "two-resets"],
 )
 def test_connection_reset_during_part_2_is_retried(
     fault_proxy: FaultProxy,
@@ -94,8 +94,8 @@ def test_connection_reset_during_part_2_is_retried(
     resets: int,
     after_body_bytes: int | None,
 ) -> None:
-    # S3_MAX_ATTEMPTS=2: botocore tries each request twice, so two resets in a row reach our own retry.
-    storage = open_s3(fault_proxy.endpoint, s3_bucket, S3_MAX_ATTEMPTS="2")
+    # S3_MAX_ATTEMPTS=3: three requests at most, so two resets in a row still succeed on the third.
+    storage = open_s3(fault_proxy.endpoint, s3_bucket, S3_MAX_ATTEMPTS="3")
     fault = fault_proxy.add_fault(Fault(part(2), times=resets, after_body_bytes=after_body_bytes))
     data = os.urandom(int(3.5 * PART))
     stream(storage, "db/app.dump", data)
@@ -106,7 +106,7 @@ def test_connection_reset_during_part_2_is_retried(
     assert hashlib.sha256(storage.get_bytes("db/app.dump")).digest() == hashlib.sha256(data).digest()
     assert uploads(storage.client, s3_bucket) == []
     ours = [r for r in s3_log.records if "s3 retry" in r.getMessage() and "UploadPart 2" in r.getMessage()]
-    assert len(ours) == (1 if resets == 2 else 0), "only failures beyond botocore's attempts reach our retry"
+    assert len(ours) == resets, "every retry is ours (botocore does not retry), and each is logged"
 
 
 def test_persistent_failure_of_a_part_aborts_the_upload(
@@ -117,7 +117,7 @@ def test_persistent_failure_of_a_part_aborts_the_upload(
     with pytest.raises(StorageError, match="PGOPS_S3_ENDPOINT_URL") as err:
         stream(storage, "db/app.dump", os.urandom(int(3.5 * PART)))
     assert "UploadPart 3" in str(err.value)
-    assert len(fault_proxy.matching("PUT", "partNumber=3")) == 4  # 2 of ours x 2 of botocore
+    assert len(fault_proxy.matching("PUT", "partNumber=3")) == 2  # S3_MAX_ATTEMPTS requests, one retry layer
     assert fault_proxy.matching("DELETE", "uploadId="), "the multipart upload was aborted"
     assert uploads(s3_client, s3_bucket) == []
     assert not storage.exists("db/app.dump")
@@ -189,20 +189,20 @@ def test_unreachable_endpoint_fails_fast_naming_the_endpoint(aws_isolated: None)
 
 
 def test_endpoint_without_scheme_means_https_with_certificate_checks(aws_isolated: None, tmp_path: Path) -> None:
-    storage = open_s3("minio.internal:9000", "b")  # built without connecting
+    storage = open_s3("minio.internal:9000", "bkt")  # built without connecting
     assert storage.client.meta.endpoint_url == "https://minio.internal:9000"
     assert getattr(storage.client, "_endpoint").http_session._verify is True  # noqa: B009
     bundle = tmp_path / "ca.pem"
     bundle.write_text("not used\n")
-    custom = open_s3("minio.internal:9000", "b", S3_CA_BUNDLE=str(bundle))
+    custom = open_s3("minio.internal:9000", "bkt", S3_CA_BUNDLE=str(bundle))
     assert getattr(custom.client, "_endpoint").http_session._verify == str(bundle)  # noqa: B009
-    off = open_s3("minio.internal:9000", "b", S3_VERIFY_TLS="false")
+    off = open_s3("minio.internal:9000", "bkt", S3_VERIFY_TLS="false")
     assert getattr(off.client, "_endpoint").http_session._verify is False  # noqa: B009
 
 
 def test_https_to_a_plain_http_endpoint_fails_with_a_tls_error(s3_server: str, aws_isolated: None) -> None:
     hostport = s3_server.split("://", 1)[1]  # moto speaks plain HTTP: the TLS handshake must fail
-    storage = open_s3(hostport, "b", S3_MAX_ATTEMPTS="1")
+    storage = open_s3(hostport, "bkt", S3_MAX_ATTEMPTS="1")
     assert storage.client.meta.endpoint_url == f"https://{hostport}"
     with pytest.raises(StorageError, match=r"TLS.*PGOPS_S3_CA_BUNDLE.*PGOPS_S3_VERIFY_TLS"):
         storage.check()

@@ -92,3 +92,20 @@ def test_defaults_are_valid_and_documented() -> None:
 def test_missing_storage_url_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="PGOPS_STORAGE_URL is not set"):
         build_settings({}, {}).require_storage()
+
+
+@pytest.mark.parametrize(("compression", "level"), [("zstd", "99"), ("zstd", "0"), ("zstd", "22"), ("gzip", "10")])
+def test_compression_level_error_and_docs_give_the_same_range(compression: str, level: str) -> None:
+    from pgops.settings import COMPRESSION_LEVELS
+
+    lo, hi, default = COMPRESSION_LEVELS[compression]
+    with pytest.raises(ConfigError) as err:
+        build_settings({}, {"PGOPS_COMPRESSION": compression, "PGOPS_COMPRESSION_LEVEL": level})
+    assert f"valid values: {lo} to {hi} (empty: the default, {default})" in str(err.value)
+    docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    (row,) = [line for line in docs.splitlines() if line.startswith("| `PGOPS_COMPRESSION_LEVEL`")]
+    assert f"{compression} {lo}-{hi} (default {default})" in row
+    assert build_settings({}, {"PGOPS_COMPRESSION": compression, "PGOPS_COMPRESSION_LEVEL": str(hi)})
+    assert build_settings({}, {"PGOPS_COMPRESSION": compression}).effective_compression_level == default
+    with pytest.raises(ConfigError, match="valid values: empty"):
+        build_settings({}, {"PGOPS_COMPRESSION": "none", "PGOPS_COMPRESSION_LEVEL": "3"})

@@ -20,7 +20,6 @@ import re
 import secrets
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 from pgops.errors import ConfigError, ObjectLocked, ObjectNotFound, StorageError
 from pgops.storage.base import ObjectInfo, WriteOptions, read_all, write_all
@@ -35,6 +34,7 @@ from pgops.storage.gcs_errors import (
 )
 from pgops.storage.gcs_upload import GCSWriter, WriterConfig, parse_time, upload_bytes
 from pgops.storage.keys import validate_key, validate_prefix
+from pgops.storage.url import StorageLocation
 
 if TYPE_CHECKING:
     from pgops.settings import Settings
@@ -52,7 +52,7 @@ READ_BLOCK = 1024 * 1024
 class GCSStorage:
     def __init__(
         self,
-        url: str,
+        location: StorageLocation,
         client: Any,
         session: Any,
         spec: ClientSpec,
@@ -61,10 +61,10 @@ class GCSStorage:
         storage_class: str = "",
         kms_key_name: str = "",
     ) -> None:
-        bucket, prefix = parse_gs_url(url)
+        bucket, prefix = location.bucket, location.prefix
         self.bucket = bucket
         self.prefix = prefix
-        self.url = f"gs://{bucket}/{prefix.rstrip('/')}" if prefix else f"gs://{bucket}"
+        self.url = location.url
         self.client = client
         self.session = session
         self.spec = spec
@@ -86,8 +86,7 @@ class GCSStorage:
         self._bucket = client.bucket(bucket)
 
     @classmethod
-    def from_settings(cls, url: str, settings: Settings) -> GCSStorage:
-        parse_gs_url(url)  # fail on a bad URL before building a client
+    def from_settings(cls, location: StorageLocation, settings: Settings) -> GCSStorage:
         storage_class = settings.gcs_storage_class.strip().upper()
         if storage_class and storage_class not in STORAGE_CLASSES:
             raise ConfigError(
@@ -102,7 +101,7 @@ class GCSStorage:
             )
         client, session, spec = build_client(settings)
         return cls(
-            url,
+            location,
             client,
             session,
             spec,
@@ -302,16 +301,3 @@ class GCSStorage:
 
     def close(self) -> None:
         self.client.close()
-
-
-def parse_gs_url(url: str) -> tuple[str, str]:
-    """gs://bucket/some/prefix -> ("bucket", "some/prefix/"); gs://bucket -> ("bucket", "")."""
-    parts = urlsplit(url.strip())
-    if parts.scheme.lower() != "gs" or not parts.netloc:
-        raise StorageError(f"PGOPS_STORAGE_URL={url!r} is not a GCS URL; valid form: gs://bucket/prefix")
-    if "@" in parts.netloc:
-        raise StorageError("PGOPS_STORAGE_URL: credentials do not belong in the URL; use PGOPS_GCS_CREDENTIALS_FILE")
-    prefix = parts.path.strip("/")
-    if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
-        raise StorageError(f"PGOPS_STORAGE_URL={url!r}: the prefix must not contain empty, '.' or '..' parts")
-    return parts.netloc, prefix + "/" if prefix else ""

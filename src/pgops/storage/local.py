@@ -18,11 +18,11 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
-from pgops.errors import ObjectExists, ObjectNotFound, StorageError
+from pgops.errors import ConfigError, ObjectExists, ObjectNotFound, StorageError
 from pgops.storage.base import ObjectInfo, WriteOptions, read_all, write_all
 from pgops.storage.keys import TEMP_MARKER, is_temp_name, validate_key, validate_prefix
+from pgops.storage.url import StorageLocation, parse_storage_url
 
 _DIR_MODE = 0o700
 
@@ -139,15 +139,13 @@ class LocalWriter:
 
 
 class LocalStorage:
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost"):
-            raise StorageError(f"PGOPS_STORAGE_URL={url!r}: not a local file URL; valid form: file:///abs/path")
-        path = unquote(parts.path)
-        if not path.startswith("/"):
-            raise StorageError(f"PGOPS_STORAGE_URL={url!r}: a file URL needs an absolute path")
-        self.url = url
-        self.root = Path(os.path.normpath(path))
+    def __init__(self, location: StorageLocation | str) -> None:
+        if isinstance(location, str):
+            location = parse_storage_url(location)
+        if location.scheme != "file":
+            raise ConfigError(f"PGOPS_STORAGE_URL={location.url!r} is not a local file URL; valid: file:///abs/path")
+        self.url = location.url
+        self.root = Path(location.path)
 
     def __repr__(self) -> str:
         return f"LocalStorage(url={self.url!r})"

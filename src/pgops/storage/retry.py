@@ -1,4 +1,4 @@
-"""Our own retries for cloud requests and parts/chunks, on top of the SDKs' retries: full-jitter
+"""Our own retries for cloud requests and parts/chunks, the only layer (the SDKs' retries are off): full-jitter
 exponential backoff, a bounded number of attempts, and an optional cancel event that stops waiting."""
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 from pgops.errors import ObjectLocked, StorageError
 from pgops.storage.base import ObjectInfo, WriteOptions, read_all, write_all
@@ -33,6 +32,7 @@ from pgops.storage.s3_errors import (
     translate,
 )
 from pgops.storage.s3_multipart import S3Writer, WriterConfig
+from pgops.storage.url import StorageLocation
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -110,7 +110,7 @@ class S3Reader:
 class S3Storage:
     def __init__(
         self,
-        url: str,
+        location: StorageLocation,
         client: S3Client,
         spec: ClientSpec,
         *,
@@ -120,10 +120,10 @@ class S3Storage:
         sse: str = "none",
         sse_kms_key_id: str = "",
     ) -> None:
-        bucket, prefix = parse_s3_url(url)
+        bucket, prefix = location.bucket, location.prefix
         self.bucket = bucket
         self.prefix = prefix
-        self.url = f"s3://{bucket}/{prefix.rstrip('/')}" if prefix else f"s3://{bucket}"
+        self.url = location.url
         self.client = client
         self.spec = spec
         endpoint = spec.endpoint_url or f"the AWS endpoint for region {spec.region}"
@@ -143,11 +143,10 @@ class S3Storage:
         self.part_size = part_size
 
     @classmethod
-    def from_settings(cls, url: str, settings: Settings) -> S3Storage:
-        parse_s3_url(url)  # fail on a bad URL before building a client
+    def from_settings(cls, location: StorageLocation, settings: Settings) -> S3Storage:
         client, spec = build_client(settings)
         return cls(
-            url,
+            location,
             client,
             spec,
             part_size=settings.s3_part_size,
@@ -210,18 +209,18 @@ class S3Storage:
         Skips "directory" placeholder keys (ending in '/') and check()'s probe objects.
         """
         full_prefix = self.prefix + validate_prefix(prefix)
-        paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
-                for obj in page.get("Contents", []):
-                    key = obj["Key"][len(self.prefix) :]
-                    if not key or key.endswith("/") or key.startswith(CHECK_DIR + "/"):
-                        continue
-                    yield ObjectInfo(key=key, size=int(obj["Size"]), modified=obj["LastModified"].astimezone(dt.UTC))
-        except StorageError:
-            raise
-        except Exception as e:
-            raise translate(e, self.ctx, "ListObjectsV2", None) from e
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
+        while True:  # one page per request, each retried on its own
+            page = self._call("ListObjectsV2", None, lambda: self.client.list_objects_v2(**kwargs))
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(self.prefix) :]
+                if not key or key.endswith("/") or key.startswith(CHECK_DIR + "/"):
+                    continue
+                yield ObjectInfo(key=key, size=int(obj["Size"]), modified=obj["LastModified"].astimezone(dt.UTC))
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                return
+            kwargs["ContinuationToken"] = token
 
     def delete(self, key: str) -> None:
         """Delete one object; ObjectNotFound if absent, ObjectLocked if Object Lock protects it.
@@ -256,13 +255,16 @@ class S3Storage:
         probe's delete leaves a (tiny) noncurrent version behind, see delete().
         """
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.retry.call(lambda: self.client.head_bucket(Bucket=self.bucket), f"HeadBucket {self.bucket}")
         except sdk_errors() as e:
             if http_status(e) != 403:
                 raise translate(e, self.ctx, "check (HeadBucket)", None) from None
             # A HEAD response has no body, so 403 does not say why: ask again with a request that does.
             try:
-                self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+                self.retry.call(
+                    lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1),
+                    f"ListObjectsV2 {self.bucket}",
+                )
             except sdk_errors() as e2:
                 raise translate(e2, self.ctx, "check (ListObjectsV2)", None) from None
             raise translate(e, self.ctx, "check (HeadBucket)", None) from None
@@ -273,16 +275,3 @@ class S3Storage:
 
     def close(self) -> None:
         self.client.close()
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """s3://bucket/some/prefix -> ("bucket", "some/prefix/"); s3://bucket -> ("bucket", "")."""
-    parts = urlsplit(url.strip())
-    if parts.scheme.lower() != "s3" or not parts.netloc:
-        raise StorageError(f"PGOPS_STORAGE_URL={url!r} is not an S3 URL; valid form: s3://bucket/prefix")
-    if "@" in parts.netloc:
-        raise StorageError("PGOPS_STORAGE_URL: credentials do not belong in the URL; use PGOPS_S3_ACCESS_KEY_ID")
-    prefix = parts.path.strip("/")
-    if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
-        raise StorageError(f"PGOPS_STORAGE_URL={url!r}: the prefix must not contain empty, '.' or '..' parts")
-    return parts.netloc, prefix + "/" if prefix else ""

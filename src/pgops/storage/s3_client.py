@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from pgops.errors import ConfigError, StorageError
+from pgops.log import q
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
     from pgops.settings import Settings
+
+log = logging.getLogger("pgops.storage.s3")
 
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 60
@@ -77,8 +81,9 @@ def build_client(settings: Settings) -> tuple[S3Client, ClientSpec]:
         spec = client_spec(settings, session.region_name)
         config = Config(
             region_name=spec.region,
-            # total_max_attempts counts the first try too: S3_MAX_ATTEMPTS=1 means no retry.
-            retries={"total_max_attempts": spec.max_attempts, "mode": "standard"},
+            # One retry layer: ours (retry.py), which counts PGOPS_S3_MAX_ATTEMPTS per request or part,
+            # logs each retry and stops waiting on a signal. botocore sends each request once.
+            retries={"total_max_attempts": 1, "mode": "standard"},
             s3=cast("Any", {"addressing_style": spec.addressing_style}),
             request_checksum_calculation=cast("Any", spec.request_checksum),
             response_checksum_validation="when_required",
@@ -90,9 +95,25 @@ def build_client(settings: Settings) -> tuple[S3Client, ClientSpec]:
             kwargs["endpoint_url"] = spec.endpoint_url
         if spec.verify is not None:
             kwargs["verify"] = spec.verify
+        if spec.verify is False:
+            _quiet_insecure_warnings(spec)
         client: S3Client = session.client("s3", **kwargs)
     except BotoCoreError as e:  # e.g. AWS_PROFILE names a profile that does not exist
         raise StorageError(f"cannot set up the S3 client: {type(e).__name__}: {e}") from None
     except ValueError as e:  # e.g. an endpoint URL botocore cannot parse
         raise StorageError(f"cannot set up the S3 client: {e}; check PGOPS_S3_ENDPOINT_URL") from None
     return client, spec
+
+
+def _quiet_insecure_warnings(spec: ClientSpec) -> None:
+    """PGOPS_S3_VERIFY_TLS=false: one log line, instead of urllib3's multi-line warning on every request."""
+    import warnings
+
+    from urllib3.exceptions import InsecureRequestWarning
+
+    warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+    log.warning(
+        "event=tls_verification_off setting=PGOPS_S3_VERIFY_TLS endpoint=%s detail=%s",
+        q(spec.endpoint_url or f"AWS {spec.region}"),
+        q("the endpoint's certificate is not checked; anyone on the path can read and change backups"),
+    )

@@ -1,4 +1,4 @@
-"""Turning botocore failures into short StorageErrors, and our retry policy on top of botocore's.
+"""Turning botocore failures into short StorageErrors, and our retry policy (botocore itself does not retry).
 
 Messages name the setting to fix and never include credentials: server-supplied text is only shown for
 codes we do not recognise, truncated, and never for authentication failures.
@@ -247,5 +247,5 @@ def _translate_client_error(  # noqa: PLR0911 - one return per error code keeps 
 
 
 def retry_policy(attempts: int) -> RetryPolicy:
-    """Our retries, on top of botocore's own (standard mode, same attempt count) for each request."""
+    """The only retries of S3 requests: the client is built with botocore's retries off (s3_client.py)."""
     return RetryPolicy(attempts, is_retryable, lambda e: f"code={error_code(e) or '-'}", "s3")

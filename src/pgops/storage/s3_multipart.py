@@ -45,7 +45,7 @@ from pgops.storage.s3_errors import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, HeadObjectOutputTypeDef
 
 log = logging.getLogger("pgops.storage.s3")
 
@@ -104,9 +104,14 @@ class S3Writer:
 
     # ---- create-only ------------------------------------------------------------------------------
 
+    def _head(self) -> HeadObjectOutputTypeDef:
+        return self._cfg.retry.call(
+            lambda: self._client.head_object(Bucket=self._bucket, Key=self._full_key), f"HeadObject {self._full_key}"
+        )
+
     def ensure_absent(self) -> None:
         try:
-            self._client.head_object(Bucket=self._bucket, Key=self._full_key)
+            self._head()
         except Exception as e:
             if is_not_found(e):
                 return
@@ -127,7 +132,7 @@ class S3Writer:
     def _is_ours(self, etag: str) -> bool:
         """After a 412 on a retried request: is the existing object the one we just wrote?"""
         try:
-            head = self._client.head_object(Bucket=self._bucket, Key=self._full_key)
+            head = self._head()
         except sdk_errors():
             return False
         return str(head.get("ETag", "")).strip('"') == etag
@@ -168,8 +173,12 @@ class S3Writer:
 
     def _create_upload(self) -> None:
         try:
-            resp = self._client.create_multipart_upload(
-                Bucket=self._bucket, Key=self._full_key, ContentType=self._content_type, **self._extra()
+            resp = self._cfg.retry.call(
+                lambda: self._client.create_multipart_upload(
+                    Bucket=self._bucket, Key=self._full_key, ContentType=self._content_type, **self._extra()
+                ),
+                f"CreateMultipartUpload {self._full_key}",
+                self._cancel,
             )
         except Exception as e:
             raise translate(e, self._cfg.ctx, "CreateMultipartUpload", self.key) from e
@@ -179,7 +188,7 @@ class S3Writer:
         return dict(self._cfg.extra_args)
 
     def _upload_part(self, number: int, body: bytes, md5: bytes) -> None:
-        """Runs in the background thread; retried on top of botocore's retries."""
+        """Runs in the background thread; retried by our policy (botocore sends each request once)."""
         upload_id = self._upload_id
         assert upload_id is not None
 
@@ -283,7 +292,7 @@ class S3Writer:
 
     def _stat(self) -> ObjectInfo:
         try:
-            head = self._client.head_object(Bucket=self._bucket, Key=self._full_key)
+            head = self._head()
         except Exception as e:
             raise translate(e, self._cfg.ctx, "HeadObject", self.key) from e
         size = int(head["ContentLength"])

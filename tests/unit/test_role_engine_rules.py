@@ -1,0 +1,43 @@
+"""The postgresql_backup role checks some settings before it writes them; its rules are the engine's."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from pgops.settings import _NAME_RE, SPECS
+from pgops.storage.url import _BUCKET_RE
+
+ROLE = Path(__file__).resolve().parents[2] / "roles" / "postgresql_backup"
+
+
+def _assert_that(task_name: str) -> str:
+    tasks = yaml.safe_load((ROLE / "tasks" / "validate.yml").read_text())
+    (task,) = [t for t in tasks if t["name"] == task_name]
+    that: str = task["ansible.builtin.assert"]["that"]
+    return that
+
+
+def test_target_name_rule_is_the_engines() -> None:
+    that = _assert_that("Refuse a target name that cannot be a store prefix")
+    (pattern,) = re.findall(r"is match\('(.+)'\)", that)
+    assert pattern == _NAME_RE.pattern
+    for name in ("a", "pg-prod-1", "db_2.example", "x" * 63, "x" * 64, "-lead", "has space", ""):
+        assert bool(re.match(pattern, name)) == bool(_NAME_RE.match(name)), name
+
+
+def test_storage_url_bucket_rules_are_the_engines() -> None:
+    that = _assert_that("Refuse a missing or malformed storage URL")
+    for scheme, rule in _BUCKET_RE.items():
+        assert f"{scheme}://{rule.pattern.strip('^$')}(/.*)?" in that, scheme
+
+
+def test_secret_keys_are_the_engines() -> None:
+    role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    assert sorted(role_vars["__postgresql_backup_secret_keys"]) == sorted(s.key for s in SPECS if s.secret)
+    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    for spec in SPECS:
+        if spec.secret:
+            assert spec.key in specs["postgresql_backup_secrets"]["description"], spec.key
