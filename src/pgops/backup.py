@@ -51,6 +51,7 @@ from pgops.pg import (
     cluster_identity,
     database_properties,
     find_bindir,
+    is_leftover,
     list_databases,
     server_info,
     table_estimates,
@@ -163,18 +164,27 @@ class BackupReport:
 
 
 def resolve_databases(conn: PgConn, wanted: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
-    """'all' expands to every connectable non-template database; named ones must exist."""
+    """'all' expands to every non-template database except pgops' own leftovers (named in a log line). A
+    database that does not allow connections stays in: its backup fails by name (exit 8), never silently.
+    Named databases must exist."""
     with conn.connect("postgres") as c:
         existing = list_databases(c)
     if not wanted or wanted == ("all",):
-        return [d for d in existing if d not in exclude]
+        leftovers = [d for d in existing if is_leftover(d) and d not in exclude]
+        if leftovers:
+            log.info(
+                "event=leftovers_skipped databases=%s hint=%s",
+                q(",".join(leftovers)),
+                q("databases pgops left behind (pgops leftovers); name one in PGOPS_DATABASES to back it up"),
+            )
+        return [d for d in existing if d not in exclude and d not in leftovers]
     if "all" in wanted:
         raise ConfigError("PGOPS_DATABASES mixes 'all' with names; valid: 'all' or a comma-separated list of names")
     missing = [d for d in wanted if d not in existing]
     if missing:
         raise ConfigError(
-            f"PGOPS_DATABASES names {', '.join(map(repr, missing))}, which the server does not have (or which do not "
-            f"allow connections); it has: {', '.join(existing)}"
+            f"PGOPS_DATABASES names {', '.join(map(repr, missing))}, which the server does not have; "
+            f"it has: {', '.join(existing)}"
         )
     return list(wanted)
 

@@ -317,6 +317,8 @@ def cmd_restore(settings: Settings, ns: argparse.Namespace) -> ExitCode:
         jobs=ns.jobs,
         spool_dir=ns.spool_dir,
         with_globals=ns.with_globals,
+        overwrite_roles=ns.overwrite_roles,
+        refuse_if_connected=ns.refuse_if_connected,
         check=ns.check,
         no_owner=ns.no_owner,
         no_acl=ns.no_acl,
@@ -338,11 +340,44 @@ def cmd_restore(settings: Settings, ns: argparse.Namespace) -> ExitCode:
             "safety_backup_id": report.safety_backup.id if report.safety_backup else None,
             "warnings": list(report.warnings),
             "tables_checked": report.tables_checked,
+            "sessions_terminated": report.sessions_terminated.to_json() if report.sessions_terminated else None,
+            "globals": _globals_json(report),
         }
         json.dump(out, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
     for w in report.warnings:
         log.warning("event=restore_warning detail=%s", pglog.q(w))
+    return ExitCode.OK
+
+
+def _globals_json(report: Any) -> dict[str, Any] | None:
+    if report.globals_restored is None:
+        return None
+    plan = report.globals_plan
+    return {
+        "id": report.globals_restored.id,
+        "mode": "overwrite" if report.globals_saved else "missing",
+        "created_roles": list(plan.create_roles) if plan else [],
+        "created_tablespaces": list(plan.create_tablespaces) if plan else [],
+        "saved_globals_id": report.globals_saved.id if report.globals_saved else None,
+    }
+
+
+def cmd_leftovers(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    from pgops.leftovers import drop_leftovers, find_leftovers
+    from pgops.pg import PgConn
+
+    if ns.drop or ns.drop_all:
+        shown = drop_leftovers(settings, ns.drop or [], everything=ns.drop_all)
+    else:
+        shown = find_leftovers(PgConn.from_settings(settings))
+    if ns.json:
+        key = "dropped" if ns.drop or ns.drop_all else "leftovers"
+        json.dump({key: [x.to_json() for x in shown]}, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    elif not (ns.drop or ns.drop_all):
+        for x in shown:
+            sys.stdout.write(f"{x.database}  {x.kind}  {_human(x.bytes)}\n")
     return ExitCode.OK
 
 
@@ -364,6 +399,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], ExitCode]] = {
     "retention": cmd_retention,
     "check": cmd_check,
     "adopt": cmd_adopt,
+    "leftovers": cmd_leftovers,
 }
 HEARTBEAT_COMMANDS = frozenset({"backup", "verify", "retention"})
 

@@ -68,22 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--all-states", action="store_true", help="also failed, incomplete, orphan, ... backups")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
-    a = sub.add_parser(
-        "adopt",
-        help="this server's cluster replaced the target's owner (DR rebuild, major upgrade): record it once",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=fmt,
-    )
-    _common(a)
-    a.add_argument(
-        "--replaces",
-        required=True,
-        metavar="SYSID",
-        help="system identifier of the cluster that owns the target now (`pgops list` shows it)",
-    )
-    a.add_argument("--reason", default="replaced", type=_reason, help="recorded in the claim (default: replaced)")
-    a.add_argument("--json", action="store_true", help="machine-readable output")
-
     r = sub.add_parser(
         "restore",
         help="restore a backup into a new (or, with --replace, the same) database",
@@ -97,10 +81,31 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--before", help="latest backup started at or before this ISO 8601 time")
     r.add_argument("--target-db", help="name of the restored database (default: <database>_<backup time>)")
     r.add_argument("--from-target", help="restore another server's backups (its PGOPS_TARGET)")
-    r.add_argument("--replace", action="store_true", help="replace an existing database: safety backup, then swap")
+    r.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace an existing database: safety backup, then swap; sessions on the old database are terminated "
+        "(logged with their users and applications, and in --json)",
+    )
+    r.add_argument(
+        "--refuse-if-connected",
+        action="store_true",
+        help="with --replace: refuse (exit 6, nothing changed) instead of terminating sessions on the old database",
+    )
     r.add_argument("--jobs", type=int, default=1, help="parallel pg_restore jobs (needs --spool-dir)")
     r.add_argument("--spool-dir", help="directory for the local copy that --jobs needs (PGOPS_SPOOL_DIR)")
-    r.add_argument("--with-globals", action="store_true", help="recreate roles and tablespaces first")
+    r.add_argument(
+        "--with-globals",
+        action="store_true",
+        help="first create the roles and tablespaces of the backup that this server lacks, with their memberships; "
+        "existing roles are left alone",
+    )
+    r.add_argument(
+        "--overwrite-roles",
+        action="store_true",
+        help="with --with-globals: also give existing roles the backup's attributes and passwords "
+        "(the current globals are saved first, as a safety backup)",
+    )
     r.add_argument(
         "--check",
         action="store_true",
@@ -123,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only parse and validate the settings and key files; no network (for validating a new env file)",
     )
+    _add_server_admin(sub, fmt)
     _add_observability(sub, fmt)
     return parser
 
@@ -133,6 +139,37 @@ def _reason(value: str) -> str:
             f"{value!r} is not a valid reason; use 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
         )
     return value
+
+
+def _add_server_admin(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """adopt (the target changes hands) and leftovers (databases pgops left on the server)."""
+    lo = sub.add_parser(
+        "leftovers",
+        help="databases pgops left on the server (NAME_pgops_old_<time> after restore --replace, scratch "
+        "databases of killed restores); not in PGOPS_DATABASES=all; --drop removes them",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _common(lo)
+    drop = lo.add_mutually_exclusive_group()
+    drop.add_argument("--drop", action="append", metavar="NAME", help="drop this leftover (repeatable)")
+    drop.add_argument("--drop-all", action="store_true", help="drop every leftover listed")
+    lo.add_argument("--json", action="store_true", help="machine-readable output")
+    a = sub.add_parser(
+        "adopt",
+        help="this server's cluster replaced the target's owner (DR rebuild, major upgrade): record it once",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _common(a)
+    a.add_argument(
+        "--replaces",
+        required=True,
+        metavar="SYSID",
+        help="system identifier of the cluster that owns the target now (`pgops list` shows it)",
+    )
+    a.add_argument("--reason", default="replaced", type=_reason, help="recorded in the claim (default: replaced)")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _add_observability(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:

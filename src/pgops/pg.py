@@ -132,11 +132,27 @@ def cluster_identity(conn: psycopg.Connection[Any], host: str) -> ClusterIdentit
 
 
 def list_databases(conn: psycopg.Connection[Any]) -> list[str]:
-    """Every database a backup of 'all' covers: connectable, not a template."""
-    rows = conn.execute(
-        "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY datname"
-    ).fetchall()
+    """Every database that is not a template, connectable or not: one that does not allow connections
+    must fail its backup by name, never drop out of 'all' unnoticed."""
+    rows = conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY datname").fetchall()
     return [r[0] for r in rows]
+
+
+# What pgops itself leaves on a server: the original a `restore --replace` moved aside, and a scratch
+# database of a restore or drill that was killed before it could drop it.
+LEFTOVER_RE = re.compile(r"pgops_(?:restore|verify)_[0-9a-f]{8}|.+_pgops_old_[0-9]{8}t[0-9]{6}z", re.S)
+
+
+def is_leftover(name: str) -> bool:
+    return LEFTOVER_RE.fullmatch(name) is not None
+
+
+def leftover_databases(conn: psycopg.Connection[Any]) -> list[tuple[str, int]]:
+    """pgops' leftovers on this server with their sizes in bytes, by name."""
+    rows = conn.execute(
+        "SELECT datname, pg_database_size(oid) FROM pg_database WHERE NOT datistemplate ORDER BY datname"
+    ).fetchall()
+    return [(r[0], int(r[1])) for r in rows if is_leftover(r[0])]
 
 
 def database_exists(conn: psycopg.Connection[Any], name: str) -> bool:
@@ -201,6 +217,22 @@ _LIST_QUOTE_GUCS = frozenset(
 )
 
 
+def quoted_identifier_at(text: str, i: int) -> tuple[str, int]:
+    """The "quoted" identifier whose opening quote is text[i], unquoted ("" is one "), and the index just
+    past its closing quote."""
+    j, buf, n = i + 1, [], len(text)
+    while j < n:
+        if text[j] == '"':
+            if j + 1 < n and text[j + 1] == '"':
+                buf.append('"')
+                j += 2
+                continue
+            break
+        buf.append(text[j])
+        j += 1
+    return "".join(buf), j + 1
+
+
 def split_guc_list(value: str) -> list[str]:
     """Split a list-valued GUC like `"$user", public` into its elements, undoing identifier quoting."""
     items: list[str] = []
@@ -211,18 +243,8 @@ def split_guc_list(value: str) -> list[str]:
         if i >= n:
             break
         if value[i] == '"':
-            j, buf = i + 1, []
-            while j < n:
-                if value[j] == '"':
-                    if j + 1 < n and value[j + 1] == '"':
-                        buf.append('"')
-                        j += 2
-                        continue
-                    break
-                buf.append(value[j])
-                j += 1
-            items.append("".join(buf))
-            i = j + 1
+            name, i = quoted_identifier_at(value, i)
+            items.append(name)
         else:
             j = i
             while j < n and value[j] != ",":
@@ -370,11 +392,22 @@ def apply_database_properties(
     return warnings
 
 
-def terminate_connections(conn: psycopg.Connection[Any], name: str) -> None:
-    conn.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-        (name,),
-    )
+_SESSIONS = """
+    SELECT coalesce(usename, ''), coalesce(nullif(application_name, ''), backend_type){}
+    FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY 1, 2
+"""
+
+
+def database_sessions(conn: psycopg.Connection[Any], name: str) -> list[tuple[str, str]]:
+    """(user, application) of every other session on the database; the backend type when no application
+    name is set (an autovacuum worker, say)."""
+    return [(r[0], r[1]) for r in conn.execute(_SESSIONS.format(""), (name,)).fetchall()]
+
+
+def terminate_connections(conn: psycopg.Connection[Any], name: str) -> list[tuple[str, str]]:
+    """End every other session on the database; returns (user, application) of each one signalled."""
+    rows = conn.execute(_SESSIONS.format(", pg_terminate_backend(pid)"), (name,)).fetchall()
+    return [(r[0], r[1]) for r in rows if r[2]]
 
 
 def drop_database(conn: psycopg.Connection[Any], name: str) -> None:

@@ -16,9 +16,10 @@ EXIT_MEANINGS = {
     ExitCode.INTEGRITY: "Stored bytes or a dump did not check out (checksum, size, truncated or empty dump).",
     ExitCode.POSTGRES: "pg_dump, pg_restore, psql or the server failed (including a refused connection).",
     ExitCode.REFUSED: "The command would change an existing database without the flag it needs (--replace, "
-    "--with-globals).",
+    "--with-globals), or --refuse-if-connected found sessions on the database to replace. Nothing changed.",
     ExitCode.LOCK_HELD: "Another pgops run holds the lock for this target. Nothing was done.",
-    ExitCode.PARTIAL: "Some databases were backed up and some failed; see the log lines with event=backup_failed.",
+    ExitCode.PARTIAL: "Some databases were backed up and some failed (one that does not allow connections "
+    "fails too); see the log lines with event=backup_failed.",
     ExitCode.NOT_FOUND: "No complete backup matched the selection (database, --id, --before).",
     ExitCode.LOCKED_OBJECTS: "Retention could not delete objects held by Object Lock or a retention policy.",
     ExitCode.STALE: "status: the newest good backup is older than the threshold.",

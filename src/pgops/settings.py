@@ -254,7 +254,8 @@ SPECS: tuple[Spec, ...] = (
         "DATABASES",
         _list,
         "all",
-        "Databases to back up: 'all' (every connectable non-template database) or a comma-separated list.",
+        "Databases to back up: 'all' (every non-template database except pgops' leftovers, see `pgops leftovers`; "
+        "one that does not allow connections is a failed unit, exit 8) or a comma-separated list.",
         "app,billing",
     ),
     Spec("EXCLUDE_DATABASES", _list, "", "Databases to skip when DATABASES=all.", "scratch,tmp_import"),

@@ -3,21 +3,30 @@
 Computed from the store (manifests and verification records), so it answers the same on the backed-up
 host, on a monitoring host or during disaster recovery. A Nagios-style check: exit 11 when any
 database's newest good backup is older than PGOPS_STATUS_MAX_AGE.
+
+When the server (PGOPS_PG_CONNINFO) is reachable, it also lists the databases pgops left there
+(`<name>_pgops_old_<time>` after restore --replace, scratch databases of killed restores); they do not
+change the exit code. `pgops leftovers --drop` removes them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import statistics
 from typing import Any
 
 from pgops.catalog import Catalog
+from pgops.errors import PgOpsError
+from pgops.log import q
 from pgops.manifest import KIND_DATABASE, REASON_SAFETY, Manifest, iso
+from pgops.pg import PgConn, leftover_databases
 from pgops.settings import Settings
 from pgops.storage.base import Storage
 
 TREND_WINDOW = 7
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +68,7 @@ class StatusReport:
     max_age_seconds: int
     databases: tuple[DatabaseStatus, ...]
     unreadable_manifests: tuple[str, ...]
+    leftovers: tuple[tuple[str, int], ...] | None = None  # (database, bytes) on the server; None: not reachable
 
     @property
     def stale(self) -> bool:
@@ -71,6 +81,7 @@ class StatusReport:
             "stale": self.stale,
             "databases": [d.to_json() for d in self.databases],
             "unreadable_manifests": list(self.unreadable_manifests),
+            "leftovers": None if self.leftovers is None else [{"database": d, "bytes": b} for d, b in self.leftovers],
         }
 
 
@@ -90,7 +101,19 @@ def run_status(settings: Settings, storage: Storage, now: dt.datetime | None = N
         stale = settings.status_max_age > 0 and age > settings.status_max_age
         sizes = tuple(m.size for m in ms[:TREND_WINDOW])
         out.append(DatabaseStatus(name, ms[0], age, sizes, verified, drilled, stale))
-    return StatusReport(settings.target, settings.status_max_age, tuple(out), catalog.unreadable)
+    return StatusReport(settings.target, settings.status_max_age, tuple(out), catalog.unreadable, _leftovers(settings))
+
+
+def _leftovers(settings: Settings) -> tuple[tuple[str, int], ...] | None:
+    """Databases pgops left on the server, when it can be reached from here (a monitoring host may not)."""
+    import psycopg
+
+    try:
+        with PgConn.from_settings(settings).connect("postgres") as c:
+            return tuple(leftover_databases(c))
+    except (PgOpsError, psycopg.Error) as e:
+        log.debug("event=leftovers_unknown error=%s", q(e))
+        return None
 
 
 def _age(seconds: float) -> str:
@@ -121,4 +144,7 @@ def render_table(report: StatusReport, human_size: Any) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     if not report.databases:
         lines.append(f"no good backup at all for target {report.target!r}")
+    if report.leftovers:
+        names = ", ".join(f"{d} ({human_size(b)})" for d, b in report.leftovers)
+        lines.append(f"leftover databases on the server (not backed up; drop with `pgops leftovers --drop`): {names}")
     return "\n".join(lines) + "\n"
