@@ -302,10 +302,29 @@ def cmd_adopt(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+def cmd_restore_plan(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    from pgops.restore_plan import plan_host_restore
+    from pgops.storage import open_storage
+
+    if ns.database:
+        raise ConfigError("--plan takes --databases (a list), not --database")
+    source = ns.from_target or settings.target
+    catalog = Catalog.load(open_storage(settings), source)
+    wanted = tuple(d.strip() for d in (ns.databases or "").split(",") if d.strip())
+    plan = plan_host_restore(catalog, source, databases=wanted, backup_id=ns.backup_id, before=_parse_before(ns.before))
+    json.dump(plan.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return ExitCode.OK
+
+
 def cmd_restore(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     from pgops.restore import RestoreRequest, choose_backup, run_restore
     from pgops.storage import open_storage
 
+    if ns.plan:
+        return cmd_restore_plan(settings, ns)
+    if not ns.database or ns.databases:
+        raise ConfigError("restore needs --database NAME (--databases goes with --plan)")
     before = _parse_before(ns.before)
     req = RestoreRequest(
         database=ns.database,

@@ -75,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _common(r)
-    r.add_argument("--database", required=True, help="database name as recorded in the backup")
+    r.add_argument("--database", help="database name as recorded in the backup (required unless --plan)")
+    r.add_argument(
+        "--plan",
+        action="store_true",
+        help="print (JSON) which backup of which database a whole-host recovery restores, change nothing; "
+        "with --databases, --id or --before (playbooks/restore.yml uses it)",
+    )
+    r.add_argument("--databases", help="with --plan: a comma-separated list (default: every database, see docs)")
     which = r.add_mutually_exclusive_group()
     which.add_argument("--id", dest="backup_id", help="a backup id (default: latest)")
     which.add_argument("--before", help="latest backup started at or before this ISO 8601 time")

@@ -109,7 +109,7 @@ def test_secrets_stay_out_of_the_logs(db: Any) -> None:
         assert "local-secret" not in db.file(path).content_string
 
 
-def test_new_host_schedules_with_timers_and_records_the_recovery(restored: Any) -> None:
+def test_new_host_schedules_with_timers_and_records_the_recovery(db: Any, restored: Any) -> None:
     assert not restored.file("/etc/cron.d/pgops").exists
     for job in ("backup", "retention", "verify", "restore-test"):
         timer = restored.service(f"pgops-{job}.timer")
@@ -118,7 +118,10 @@ def test_new_host_schedules_with_timers_and_records_the_recovery(restored: Any) 
     assert result.stdout.strip() == "success"
     listed = json.loads(run_as_postgres(restored, ["/opt/pgops/venv/bin/pgops", "list", "--json"]))
     assert {b["database"] for b in listed["backups"]} >= {"appdb", TRICKY_DB, None}
-    assert {b["target"] for b in listed["backups"]} == {"pgops-e2e-restore"}
+    assert {b["target"] for b in listed["backups"]} == {DB}  # it continues the lost host's backup history
+    sysid = "SELECT system_identifier FROM pg_control_system()"
+    owners = [o["system_identifier"] for o in listed["owners"][DB]]
+    assert owners == [psql(db, sysid).strip(), psql(restored, sysid).strip()]  # adopted by restore.yml
     report = json.loads(restored.file("/var/lib/pgops/last-restore.json").content_string)
     assert report["source_target"] == DB and float(report["recovery_seconds"]) > 0
     assert sorted(d["database"] for d in report["databases"]) == ["Tricky db ☃", "appdb"]
