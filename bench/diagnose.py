@@ -32,7 +32,8 @@ from bench.run import BUCKET, DB, PGOPS, Bench, bench_environment  # noqa: E402
 IMPORTS = "import pgops.cli, pgops.backup, pgops.restore, pgops.storage.local, pgops.storage.s3, boto3, zstandard"
 SPOOL_ONLY = """
 import sys
-from pgops.restore import RestoreRequest, choose_backup, download_verified
+from pgops.readback import download_verified
+from pgops.restore import RestoreRequest, choose_backup
 from pgops.settings import load_settings
 from pgops.storage import open_storage
 s = load_settings(); st = open_storage(s)

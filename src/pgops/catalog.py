@@ -33,13 +33,8 @@ States of a backup directory
     other-cluster a complete backup made by a cluster that does not own this target (its system
                   identifier is not in the target's lineage). Never restored as 'latest', never deleted.
 
-Lineage (one cluster per target)
-    A target belongs to one cluster. The first backup into a target writes a claim naming the cluster's
-    identity (system identifier, major version, data directory, port). A later claim is valid only if
-    it names the current owner in `replaces` (written by `pgops adopt --replaces SYSID`: a DR rebuild or
-    a major upgrade). The valid claims, oldest first, are the lineage; their backups form one history.
-    A conflicting claim (two first backups racing, an adopt that named the wrong owner) is ignored:
-    the earliest valid claim wins, by recorded time and then key, the same on every host.
+Lineage (one cluster per target): see cluster.py. The catalog reads the claims with the rest of the
+    listing; a good backup whose cluster is outside the lineage becomes other-cluster.
 """
 
 from __future__ import annotations
@@ -50,9 +45,9 @@ import json
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
+from pgops.cluster import CLAIM_RE, CLUSTER_GROUP, Claim, Reader, identity_of, lineage, read_claims
 from pgops.errors import BackupNotFound, IntegrityError, ObjectNotFound
 from pgops.manifest import (
     FORMAT_VERSION,
@@ -67,9 +62,8 @@ from pgops.manifest import (
     database_from_key,
     database_key,
     iso,
-    parse_time,
 )
-from pgops.storage.base import ObjectInfo, Storage, WriteOptions
+from pgops.storage.base import ObjectInfo, Storage
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +76,9 @@ FOREIGN = "foreign"
 OTHER_CLUSTER = "other-cluster"
 STATES = (GOOD, FAILED, INCOMPLETE, UNREADABLE, ORPHAN, FOREIGN, OTHER_CLUSTER)
 
-CLUSTER_GROUP = "@cluster"
 ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$")
 _GROUP_RE = re.compile(r"^(?:[A-Za-z0-9_-]|%[0-9A-F]{2})+$")
 _DATA_RE = re.compile(r"^(?:dump\.pgc|globals\.sql)(?:\.zst|\.gz)?(?:\.age)?$")
-_CLAIM_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}\.json$")
 VERIFY_PREFIX = "verified-"
 _VERIFY_RE = re.compile(r"^verified-([0-9]{8}T[0-9]{6}Z)-([a-z]+)\.json$")
 
@@ -124,110 +116,6 @@ def _parse_verification(key: str) -> Verification | None:
         return None
     at = dt.datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
     return Verification(at, match.group(2), key)
-
-
-# ---- cluster identity and lineage -----------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ClusterIdentity:
-    """Who made a backup: the system identifier decides; the rest are hints for people."""
-
-    system_identifier: str
-    major: int
-    data_directory: str | None = None
-    port: int | None = None
-    host: str | None = None
-
-    def describe(self) -> str:
-        hints = [f"PostgreSQL {self.major}"]
-        if self.data_directory:
-            hints.append(self.data_directory)
-        if self.port:
-            hints.append(f"port {self.port}")
-        if self.host:
-            hints.append(f"host {self.host}")
-        return f"{self.system_identifier} ({', '.join(hints)})"
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ClusterIdentity:
-        port = d.get("port")
-        return cls(
-            system_identifier=str(d["system_identifier"]),
-            major=int(d["major"]),
-            data_directory=d.get("data_directory") or None,
-            port=int(port) if port else None,
-            host=d.get("host") or None,
-        )
-
-
-def identity_of(m: Manifest) -> ClusterIdentity | None:
-    """The identity a manifest records; None for manifests written before identities were recorded."""
-    if not m.cluster:
-        return None
-    try:
-        return ClusterIdentity.from_json(m.cluster)
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    """`<target>/@cluster/<stamp>-<hex>.json`: this cluster owns the target from `at` on."""
-
-    key: str
-    identity: ClusterIdentity
-    at: dt.datetime
-    replaces: str | None  # the system identifier of the owner this claim took over from
-    reason: str
-
-    def dumps(self) -> bytes:
-        d = {
-            "format_version": FORMAT_VERSION,
-            "cluster": self.identity.to_json(),
-            "claimed_at": iso(self.at),
-            "replaces": self.replaces,
-            "reason": self.reason,
-        }
-        return (json.dumps(d, indent=2, sort_keys=True) + "\n").encode()
-
-    @classmethod
-    def loads(cls, data: bytes, key: str) -> Claim:
-        try:
-            d = json.loads(data)
-            return cls(
-                key=key,
-                identity=ClusterIdentity.from_json(d["cluster"]),
-                at=parse_time(d["claimed_at"]),
-                replaces=None if d.get("replaces") is None else str(d["replaces"]),
-                reason=str(d.get("reason") or ""),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise IntegrityError(f"{key}: unreadable cluster claim ({type(e).__name__}: {e})") from None
-
-
-def lineage(claims: Iterable[Claim]) -> tuple[Claim, ...]:
-    """The valid claims, oldest first: the first one that replaces nothing, then each that replaces the
-    owner of its time. Conflicting claims are left out (and logged)."""
-    valid: list[Claim] = []
-    for c in sorted(claims, key=lambda c: (c.at, c.key)):
-        owner = valid[-1].identity.system_identifier if valid else None
-        if c.identity.system_identifier == owner:
-            continue  # the owner claimed twice (two of its runs raced): harmless
-        if c.replaces == owner:
-            valid.append(c)
-            continue
-        log.warning(
-            "event=cluster_claim_ignored key=%s cluster=%s replaces=%s owner=%s",
-            c.key,
-            c.identity.system_identifier,
-            c.replaces or "-",
-            owner or "-",
-        )
-    return tuple(valid)
 
 
 # ---- backup directories ---------------------------------------------------------------------------
@@ -310,9 +198,6 @@ class Backup:
     @property
     def verified(self) -> bool:
         return bool(self.verifications)
-
-
-Reader = Callable[[str], bytes]
 
 
 def _read_manifest(base: Backup, read: Reader) -> Manifest | Backup:
@@ -436,13 +321,13 @@ class Catalog:
             parts = info.key.split("/")
             if target is not None and parts[0] != target:
                 ignored.append(info.key)
-            elif len(parts) == 3 and parts[1] == CLUSTER_GROUP and _CLAIM_RE.match(parts[2]):
+            elif len(parts) == 3 and parts[1] == CLUSTER_GROUP and CLAIM_RE.match(parts[2]):
                 claim_keys[parts[0]].append(info.key)
             elif len(parts) == 4 and is_group(parts[1]) and ID_RE.match(parts[2]) and is_backup_object_name(parts[3]):
                 dirs[(parts[0], parts[1], parts[2])].append(info)
             else:
                 ignored.append(info.key)
-        claims = {t: lineage(_read_claims(keys, read)) for t, keys in claim_keys.items()}
+        claims = {t: lineage(read_claims(keys, read)) for t, keys in claim_keys.items()}
         backups = []
         for (t, g, i), objs in sorted(dirs.items()):
             objects = tuple(sorted(objs, key=lambda o: o.key))
@@ -553,18 +438,6 @@ class Catalog:
         return next((b for b in self.good if include_safety or not b.is_safety), None)
 
 
-def _read_claims(keys: list[str], read: Reader) -> list[Claim]:
-    out = []
-    for key in keys:
-        try:
-            out.append(Claim.loads(read(key), key))
-        except ObjectNotFound:
-            continue
-        except IntegrityError as e:
-            log.warning("event=cluster_claim_unreadable key=%s error=%r", key, str(e))
-    return out
-
-
 def _own(b: Backup, chain: tuple[Claim, ...]) -> Backup:
     """A good backup made by a cluster outside the target's lineage is another cluster's."""
     if b.state != GOOD or b.manifest is None or not chain:
@@ -578,58 +451,3 @@ def _own(b: Backup, chain: tuple[Claim, ...]) -> Backup:
         state=OTHER_CLUSTER,
         detail=f"made by cluster {ident.describe()}; the target belongs to {owner.describe()}",
     )
-
-
-def claim(
-    storage: Storage, target: str, identity: ClusterIdentity, *, at: dt.datetime, replaces: str | None, reason: str
-) -> Claim:
-    """Write a claim (create-only), then read the lineage back: the caller checks who won."""
-    from pgops.manifest import new_backup_id
-
-    key = f"{target}/{CLUSTER_GROUP}/{new_backup_id(at)}.json"
-    c = Claim(key, identity, at, replaces, reason)
-    storage.put_bytes(key, c.dumps(), WriteOptions(content_type="application/json"))
-    log.info(
-        "event=cluster_claimed target=%s cluster=%s replaces=%s key=%s",
-        target,
-        identity.system_identifier,
-        replaces or "-",
-        key,
-    )
-    return c
-
-
-def load_lineage(storage: Storage, target: str) -> tuple[Claim, ...]:
-    """Only the claims of a target (one small listing), for commands that need nothing else."""
-    prefix = f"{target}/{CLUSTER_GROUP}/"
-    keys = [i.key for i in storage.list(prefix) if _CLAIM_RE.match(i.key[len(prefix) :])]
-    return lineage(_read_claims(keys, storage.get_bytes))
-
-
-def group_by_database(backups: Iterable[Backup]) -> dict[tuple[str, str], list[Backup]]:
-    out: dict[tuple[str, str], list[Backup]] = defaultdict(list)
-    for b in backups:
-        out[(b.target, b.group)].append(b)
-    return out
-
-
-__all__ = [
-    "FAILED",
-    "FOREIGN",
-    "GOOD",
-    "INCOMPLETE",
-    "ORPHAN",
-    "OTHER_CLUSTER",
-    "STATES",
-    "UNREADABLE",
-    "Backup",
-    "Catalog",
-    "Claim",
-    "ClusterIdentity",
-    "Verification",
-    "claim",
-    "identity_of",
-    "lineage",
-    "load_lineage",
-    "verification_key",
-]

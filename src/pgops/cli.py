@@ -19,8 +19,9 @@ from typing import Any
 
 from pgops import log as pglog
 from pgops import metrics
-from pgops.catalog import GOOD, STATES, Backup, Catalog, identity_of
+from pgops.catalog import GOOD, STATES, Backup, Catalog
 from pgops.cli_args import build_parser
+from pgops.cluster import identity_of
 from pgops.errors import ConfigError, ExitCode, IntegrityError, Interrupted, PgOpsError
 from pgops.manifest import iso, parse_time
 from pgops.settings import Settings, load_settings

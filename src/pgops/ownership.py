@@ -17,7 +17,8 @@ import dataclasses
 import datetime as dt
 import logging
 
-from pgops.catalog import Catalog, Claim, ClusterIdentity, claim, identity_of, load_lineage
+from pgops.catalog import Catalog
+from pgops.cluster import Claim, ClusterIdentity, claim, identity_of, load_lineage
 from pgops.errors import ClockBehind, ClusterMismatch, ConfigError
 from pgops.manifest import iso, utcnow
 from pgops.storage.base import Storage

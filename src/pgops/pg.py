@@ -19,7 +19,7 @@ from pgops.log import q
 if TYPE_CHECKING:
     import psycopg
 
-    from pgops.catalog import ClusterIdentity
+    from pgops.cluster import ClusterIdentity
     from pgops.settings import Settings
 
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
@@ -119,7 +119,7 @@ def server_info(conn: psycopg.Connection[Any]) -> ServerInfo:
 def cluster_identity(conn: psycopg.Connection[Any], host: str) -> ClusterIdentity:
     """The server's system identifier (readable by any role), major version, and as hints its data
     directory (only roles that may read it; pg_settings hides it from others) and port."""
-    from pgops.catalog import ClusterIdentity
+    from pgops.cluster import ClusterIdentity
 
     row = conn.execute(
         "SELECT (SELECT system_identifier FROM pg_control_system())::text,"

@@ -16,28 +16,23 @@ restore that then fails are dropped again.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import errno
-import io
 import logging
 import os
 import secrets
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from pgops.backup import RunContext, backup_database, backup_globals
 from pgops.catalog import Catalog
-from pgops.crypto import load_identities
+from pgops.dump import RunContext, backup_database, backup_globals
 from pgops.errors import ConfigError, IntegrityError, PostgresError, RestoreRefused, StorageError
 from pgops.faults import crash_point
 from pgops.log import q
-from pgops.manifest import REASON_SAFETY, Manifest, StoredObject, utcnow
+from pgops.manifest import REASON_SAFETY, Manifest, utcnow
 from pgops.pg import (
     PgConn,
     apply_database_properties,
@@ -50,8 +45,8 @@ from pgops.pg import (
     server_info,
     terminate_connections,
 )
-from pgops.pipeline import decompressor, pump, pump_decrypt, read_chunks
 from pgops.proc import running
+from pgops.readback import Progress, download_verified, identities_for, pg_restore_argv, restore_streaming
 from pgops.roles import (
     MODE_MISSING,
     MODE_OVERWRITE,
@@ -69,7 +64,6 @@ from pgops.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int], None]
 MAX_GLOBALS_BYTES = 256 * 1024 * 1024
 SWAP_ATTEMPTS = 3  # a session that connects between the terminate and the rename's lock: try again
 
@@ -149,76 +143,6 @@ def choose_backup(storage: Storage, settings: Settings, req: RestoreRequest) -> 
     return catalog, catalog.pick(database=req.database, backup_id=req.backup_id, before=req.before)
 
 
-def is_encrypted(m: Manifest) -> bool:
-    return str(m.encryption.get("algorithm", "none")) != "none"
-
-
-def identities_for(settings: Settings, storage: Storage, m: Manifest) -> list[Any] | None:
-    """For an encrypted backup: the identities, proven to open it (on its first 64 KiB) before any
-    database is created. None for a plain backup."""
-    if not is_encrypted(m):
-        return None
-    if m.encryption.get("algorithm") != "age":
-        raise ConfigError(f"backup {m.id} uses encryption {m.encryption.get('algorithm')!r}, which pgops cannot read")
-    identities: list[Any] = load_identities(settings, m.id)
-    obj = m.objects[0]
-    reader = storage.open_reader(obj.key)
-    try:
-        head = reader.read(64 * 1024)
-    finally:
-        reader.close()
-    with contextlib.suppress(IntegrityError):  # a 64 KiB prefix is truncated by design; a wrong key is not
-        pump_decrypt(
-            io.BytesIO(head),
-            identities,
-            [],
-            lambda _: None,
-            what=f"backup {m.id}",
-            recipients=list(m.encryption.get("recipients", [])),
-        )
-    return identities
-
-
-def download_verified(
-    storage: Storage,
-    m: Manifest,
-    obj: StoredObject,
-    sink: Callable[[bytes], object],
-    *,
-    progress: Progress | None = None,
-    identities: list[Any] | None = None,
-) -> None:
-    """Stream an object through sha256, decryption and decompression into `sink`.
-
-    IntegrityError if the stored bytes or the plain dump do not match the manifest."""
-    stages = [decompressor(m.compression["algorithm"])]
-    reader = storage.open_reader(obj.key)
-    try:
-        if is_encrypted(m):
-            if identities is None:
-                raise ConfigError(f"backup {m.id} is encrypted; set PGOPS_AGE_IDENTITY_FILE")
-            result = pump_decrypt(
-                reader,
-                identities,
-                stages,
-                sink,
-                progress,
-                what=f"{obj.key}",
-                recipients=list(m.encryption.get("recipients", [])),
-            )
-        else:
-            result = pump(read_chunks(reader), stages, sink, progress)
-    finally:
-        reader.close()
-    if result.raw_size != obj.size or result.raw_sha256 != obj.sha256:
-        raise IntegrityError(
-            f"{obj.key}: stored object does not match the manifest (size {result.raw_size} vs {obj.size}, "
-            f"sha256 {result.raw_sha256[:12]}… vs {obj.sha256[:12]}…)"
-        )
-    if result.size != obj.raw_size or result.sha256 != obj.raw_sha256:
-        raise IntegrityError(f"{obj.key}: the decoded dump does not match the manifest's plain checksum")
-
-
 def read_globals(
     settings: Settings, storage: Storage, catalog: Catalog, m: Manifest
 ) -> tuple[Manifest, list[Statement]]:
@@ -261,56 +185,6 @@ def restore_globals(conn: PgConn, g: Manifest, statements: list[Statement], *, o
         p.skipped,
     )
     return p
-
-
-class PipeSink:
-    """Writes into pg_restore's stdin. If pg_restore exits early, keeps consuming (so the hash still
-    covers every byte) and lets the exit status tell what went wrong."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self.stream = stream
-        self.broken = False
-
-    def __call__(self, data: bytes) -> None:
-        if self.broken:
-            return
-        try:
-            self.stream.write(data)
-        except BrokenPipeError:
-            self.broken = True
-
-    def close(self) -> None:
-        with contextlib.suppress(BrokenPipeError):
-            self.stream.close()
-
-
-def pg_restore_argv(bindir: Path, conn: PgConn, db: str, req: RestoreRequest) -> list[str]:
-    argv = [str(bindir / "pg_restore"), "--exit-on-error", "--no-password", "--dbname", conn.for_db(db)]
-    if req.no_owner:
-        argv.append("--no-owner")
-    if req.no_acl:
-        argv.append("--no-acl")
-    return argv
-
-
-def restore_streaming(
-    storage: Storage,
-    m: Manifest,
-    argv: list[str],
-    env: dict[str, str],
-    *,
-    progress: Progress | None,
-    identities: list[Any] | None,
-) -> None:
-    obj = m.object("dump")
-    with running([*argv, "--format=custom"], env=env, stdin=subprocess.PIPE) as child:
-        assert child.proc.stdin is not None
-        sink = PipeSink(child.proc.stdin)
-        try:
-            download_verified(storage, m, obj, sink, progress=progress, identities=identities)
-        finally:
-            sink.close()
-        child.check(f"pg_restore of backup {m.id}")
 
 
 def _restore_parallel(
@@ -388,7 +262,7 @@ def run_restore(
     try:
         with conn.connect("postgres") as c:
             c.execute(create_database_sql(scratch, props, owner))
-        argv = pg_restore_argv(bindir, conn, scratch, req)
+        argv = pg_restore_argv(bindir, conn, scratch, no_owner=req.no_owner, no_acl=req.no_acl)
         _pg_restore(storage, m, argv, conn, req, spool=spool, progress=progress, identities=identities)
         tables_checked = check_tables(conn, scratch, m) if req.check else None
         crash_point("restored")

@@ -29,10 +29,10 @@ from pgops.log import q
 from pgops.manifest import KIND_DATABASE, REASON_SAFETY, Manifest, iso, utcnow
 from pgops.pg import PgConn, create_database_sql, drop_scratch, find_bindir, server_info
 from pgops.proc import running
-from pgops.restore import (
+from pgops.readback import (
     PipeSink,
-    RestoreRequest,
     download_verified,
+    download_verified_sha_only,
     identities_for,
     is_encrypted,
     pg_restore_argv,
@@ -136,8 +136,7 @@ def restore_drill(
         c.execute(create_database_sql(scratch, m.database_properties, None))
     try:
         t0 = time.monotonic()
-        req = RestoreRequest(database=m.database or "", no_owner=True, no_acl=True)
-        argv = pg_restore_argv(bindir, conn, scratch, req)
+        argv = pg_restore_argv(bindir, conn, scratch, no_owner=True, no_acl=True)
         restore_streaming(storage, m, argv, conn.child_env(), progress=None, identities=identities)
         restore_seconds = time.monotonic() - t0
         tables = check_tables(conn, scratch, m)
@@ -217,19 +216,3 @@ def run_verify(
             result.seconds,
         )
     return report
-
-
-def download_verified_sha_only(storage: Storage, m: Manifest) -> None:
-    """Without a key, an encrypted object can still be checked against the sha256 of its stored bytes."""
-    from pgops.pipeline import Meter, read_chunks
-
-    obj = m.objects[0]
-    meter = Meter()
-    reader = storage.open_reader(obj.key)
-    try:
-        for chunk in read_chunks(reader):
-            meter.update(chunk)
-    finally:
-        reader.close()
-    if meter.size != obj.size or meter.sha256 != obj.sha256:
-        raise IntegrityError(f"{obj.key}: stored object does not match the manifest (sha256/size)")

@@ -6,18 +6,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from pgops.catalog import (
-    FOREIGN,
-    GOOD,
-    OTHER_CLUSTER,
-    UNREADABLE,
-    Catalog,
-    Claim,
-    ClusterIdentity,
-    is_backup_object_name,
-    is_group,
-    lineage,
-)
+from pgops.catalog import FOREIGN, GOOD, OTHER_CLUSTER, UNREADABLE, Catalog, is_backup_object_name, is_group
+from pgops.cluster import Claim, ClusterIdentity, lineage
 from pgops.manifest import REASON_SAFETY, manifest_key
 from pgops.retention import Policy, plan
 from pgops.retention.planner import REASON_SAFETY_KEPT, REASON_SAFETY_OLD, REASON_UNREADABLE_ONLY

@@ -82,7 +82,7 @@ def catalog_of(backups: list[dict[str, Any]]) -> Catalog:
 
 
 def run_name(backup_id: str, backups: list[dict[str, Any]]) -> str:
-    return next(x["id"] for x in backups if hashlib.sha256(x["id"].encode()).hexdigest()[:6] == backup_id[-6:])
+    return str(next(x["id"] for x in backups if hashlib.sha256(x["id"].encode()).hexdigest()[:6] == backup_id[-6:]))
 
 
 @pytest.mark.parametrize("case", list(CASES))
