@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,9 @@ from pgops import log as pglog
 from pgops.errors import ConfigError, PostgresError
 
 if TYPE_CHECKING:
+    from pgops.cluster import ClusterIdentity
     from pgops.settings import Settings
+    from pgops.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +59,19 @@ def run_check(settings: Settings, *, settings_only: bool = False) -> CheckReport
     if settings_only:
         return CheckReport(tuple(steps))
 
+    from pgops.pg import PgConn, cluster_identity, find_bindir, server_info, tool_version
     from pgops.storage import open_storage
-
-    storage = open_storage(settings)
-    try:
-        storage.check()
-    finally:
-        storage.close()
-    steps.append("storage")
-
-    from pgops.pg import PgConn, find_bindir, server_info, tool_version
 
     with PgConn.from_settings(settings).connect() as conn:
         info = server_info(conn)
+        identity = cluster_identity(conn, socket.gethostname())
+    storage = open_storage(settings)
+    try:
+        storage.check()
+        steps.append("storage")
+        steps.append(f"target={_owner_state(storage, settings.target, identity)}")
+    finally:
+        storage.close()
     bindir = find_bindir(settings.pg_bindir, info.major)
     dump_version = tool_version(bindir, "pg_dump")
     major = _major_of(dump_version)
@@ -90,6 +93,32 @@ def run_check(settings: Settings, *, settings_only: bool = False) -> CheckReport
         pglog.q(dump_version),
     )
     return CheckReport(tuple(steps))
+
+
+def _owner_state(storage: Storage, target: str, identity: ClusterIdentity) -> str:
+    """Who owns the target: 'ours', 'unclaimed' (the first backup claims it) or 'other-cluster'.
+
+    Another owner is a warning, not a failure: restore.yml provisions a rebuilt host (and so runs this
+    check) before it adopts the lost host's target. The backup itself refuses (exit 2)."""
+    from pgops.cluster import load_lineage
+
+    chain = load_lineage(storage, target)
+    if not chain:
+        return "unclaimed"
+    owner = chain[-1].identity
+    if owner.system_identifier == identity.system_identifier:
+        return "ours"
+    log.warning(
+        "event=check_target_owned_by_other target=%s owner=%s this=%s detail=%s",
+        pglog.q(target),
+        pglog.q(owner.describe()),
+        pglog.q(identity.describe()),
+        pglog.q(
+            f"backups will be refused until this cluster adopts the target "
+            f"(`pgops adopt --replaces {owner.system_identifier}`) or uses another PGOPS_TARGET"
+        ),
+    )
+    return "other-cluster"
 
 
 def _major_of(version_line: str) -> int | None:

@@ -82,6 +82,12 @@ def test_a_second_cluster_on_the_same_target_is_refused(
     assert [o["system_identifier"] for o in listed["owners"][TARGET]] == [a]
     assert {b["cluster"]["system_identifier"] for b in listed["backups"]} == {a}
 
+    # `pgops check` (the backup role runs it on converge) says so, without failing a DR provisioning
+    checked = other.run(["check"], check=True)
+    (warning,) = [x for x in checked.stderr.splitlines() if "event=check_target_owned_by_other" in x]
+    assert a in warning and b in warning and f"--replaces {a}" in warning
+    assert "event=check_target_owned_by_other" not in engine.run(["check"], check=True).stderr
+
 
 def test_another_clusters_backup_is_never_latest_and_never_deleted(
     engine: Engine, pg: Cluster, fresh_server: Cluster, db_a: str, tmp_path: Path
