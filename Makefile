@@ -11,8 +11,8 @@ setup:
 	./scripts/bootstrap.sh
 
 lint: setup
-	$(BIN)/ruff check src tests bench molecule
-	$(BIN)/ruff format --check src tests bench molecule
+	$(BIN)/ruff check src tests bench molecule roles/postgresql/files
+	$(BIN)/ruff format --check src tests bench molecule roles/postgresql/files
 	$(BIN)/mypy
 	@# Each scenario's testinfra suite has its own conftest module, so each is its own mypy run.
 	for d in molecule/*/tests; do $(BIN)/mypy --strict "$$d"; done

@@ -56,6 +56,14 @@ def test_config_layout(host: Any, inst: Instance) -> None:
     assert psql_local(host, "SELECT count(*) FROM pg_settings WHERE pending_restart") == "0"
 
 
+def test_validator_left_nothing_behind(host: Any, inst: Instance) -> None:
+    """pgops-validate judged every candidate (the bad ones of side_effect.yml too) in a private scratch
+    directory that it removed, and never wrote next to the live files (RELIABILITY 25, 36)."""
+    assert host.check_output("find /tmp /var/tmp -maxdepth 1 -name 'pgops-validate.*'") == ""
+    assert host.check_output(f"find {inst.conf_dir} -name '.*'") == ""
+    assert host.file("/usr/local/libexec/pgops/pgops-validate").mode == 0o755
+
+
 def test_listens_only_where_configured(host: Any, inst: Instance) -> None:
     listeners = {line.split()[3] for line in host.check_output("ss -Hltn 'sport = :5432'").splitlines()}
     assert f"{inst.ip}:5432" in listeners
