@@ -13,13 +13,14 @@ a clock running behind would otherwise make the newest backup sort as the oldest
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
 
 from pgops.catalog import Catalog
 from pgops.cluster import Claim, ClusterIdentity, claim, identity_of, load_lineage
-from pgops.errors import ClockBehind, ClusterMismatch, ConfigError
+from pgops.errors import ClockBehind, ClusterMismatch, ConfigError, PgOpsError
 from pgops.manifest import iso, utcnow
 from pgops.storage.base import Storage
 
@@ -43,11 +44,20 @@ def ensure_owner(storage: Storage, target: str, identity: ClusterIdentity, catal
         made_by = identity_of(newest.manifest) if newest is not None and newest.manifest is not None else None
         if made_by is not None and made_by.system_identifier != identity.system_identifier:
             raise _mismatch(target, made_by, identity)
-        claim(storage, target, identity, at=utcnow(), replaces=None, reason="first backup of this cluster")
+        ours = claim(storage, target, identity, at=utcnow(), replaces=None, reason="first backup of this cluster")
         chain = load_lineage(storage, target)  # two first backups may race: the earliest claim wins
         owner = chain[-1] if chain else None
+        if owner is not None and owner.identity.system_identifier != identity.system_identifier:
+            _withdraw(storage, ours)
     if owner is None or owner.identity.system_identifier != identity.system_identifier:
         raise _mismatch(target, owner.identity if owner else identity, identity)
+
+
+def _withdraw(storage: Storage, lost: Claim) -> None:
+    """Remove the claim this run wrote and lost (only that key): it would be ignored, and noisy, forever."""
+    with contextlib.suppress(PgOpsError):
+        storage.delete(lost.key)
+        log.info("event=cluster_claim_withdrawn key=%s", lost.key)
 
 
 def check_clock(catalog: Catalog, target: str, now: dt.datetime) -> None:
@@ -91,6 +101,7 @@ def adopt(storage: Storage, target: str, identity: ClusterIdentity, replaces: st
     c = claim(storage, target, identity, at=utcnow(), replaces=replaces, reason=reason)
     now_owner = load_lineage(storage, target)[-1].identity
     if now_owner.system_identifier != identity.system_identifier:  # another adopt won the race
+        _withdraw(storage, c)
         raise _mismatch(target, now_owner, identity)
     log.info(
         "event=adopted target=%s cluster=%s replaces=%s reason=%s",

@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from pgops.errors import ExitCode
+from pgops.catalog import Catalog
+from pgops.cluster import ClusterIdentity, claim, load_lineage
+from pgops.errors import ClusterMismatch, ExitCode
+from pgops.manifest import utcnow
+from pgops.ownership import ensure_owner
 from pgops.retention import RetentionReport, run_retention
 from pgops.settings import build_settings
+from pgops.storage import Storage
 from tests.fixtures.engine import Engine
 from tests.fixtures.history import backup_id, forge, real_backups
 from tests.fixtures.pg import Cluster
@@ -153,6 +158,21 @@ def test_adopt_hands_the_target_to_a_replacement_cluster(
     assert restored_value(fresh_server, "latest_b") == "cluster B"
     new.run(["restore", "--database", db_a, "--id", ids[1], "--target-db", "older_a"], check=True)
     assert restored_value(fresh_server, "older_a") == "cluster A"
+
+
+def test_two_first_backups_racing_the_earliest_claim_wins(storage: Storage) -> None:
+    """Two clusters back up into an empty target at the same moment: both saw no owner and both claim.
+    The earliest claim wins on every host; the loser is refused and withdraws its own claim."""
+    a = ClusterIdentity("7000000000000000001", 15, "/srv/a", 5432, "db1")
+    b = ClusterIdentity("7000000000000000002", 15, "/srv/b", 5433, "db1")
+    empty = Catalog.load(storage, TARGET)  # what both runs saw before either claimed
+    claim(storage, TARGET, b, at=utcnow() - dt.timedelta(seconds=1), replaces=None, reason="first backup")
+    with pytest.raises(ClusterMismatch, match=b.system_identifier):
+        ensure_owner(storage, TARGET, a, empty)
+    claims = [o.key for o in storage.list(f"{TARGET}/@cluster/")]
+    assert len(claims) == 1  # only the winner's claim is left
+    assert [c.identity for c in load_lineage(storage, TARGET)] == [b]
+    ensure_owner(storage, TARGET, b, Catalog.load(storage, TARGET))  # the winner goes on
 
 
 def test_a_clock_behind_the_newest_backup_is_refused(engine: Engine, db_a: str) -> None:
