@@ -308,9 +308,13 @@ class Catalog:
     # -- building --
 
     @classmethod
-    def from_listing(cls, listing: Iterable[ObjectInfo], read: Reader, target: str | None = None) -> Catalog:
+    def from_listing(
+        cls, listing: Iterable[ObjectInfo], read: Reader, target: str | None = None, *, newest_only: bool = False
+    ) -> Catalog:
         """Group a listing into backup directories and classify each; `read` fetches an object's bytes.
 
+        newest_only: classify directories newest id first and stop at the first good one (what a backup
+        run needs: the owner and the newest good backup), so a run reads one or two manifests, not all.
         Storage errors other than ObjectNotFound propagate: nothing is decided on a partial view."""
         dirs: dict[tuple[str, str, str], list[ObjectInfo]] = defaultdict(list)
         claim_keys: dict[str, list[str]] = defaultdict(list)
@@ -329,17 +333,24 @@ class Catalog:
                 ignored.append(info.key)
         claims = {t: lineage(read_claims(keys, read)) for t, keys in claim_keys.items()}
         backups = []
-        for (t, g, i), objs in sorted(dirs.items()):
+        order = (
+            sorted(dirs.items(), key=lambda kv: (kv[0][2], kv[0]), reverse=True)
+            if newest_only
+            else sorted(dirs.items())
+        )
+        for (t, g, i), objs in order:
             objects = tuple(sorted(objs, key=lambda o: o.key))
             marks = sorted(filter(None, map(_parse_verification, (o.key for o in objects))), key=lambda v: v.at)
             base = Backup(t, g, i, objects, ORPHAN, verifications=tuple(reversed(marks)))
             backups.append(_own(_classify(base, read, sizes), claims.get(t, ())))
-        return cls(tuple(backups), tuple(sorted(ignored)), claims)
+            if newest_only and backups[-1].state == GOOD:
+                break
+        return cls(tuple(sorted(backups, key=lambda b: b.prefix)), tuple(sorted(ignored)), claims)
 
     @classmethod
-    def load(cls, storage: Storage, target: str | None = None) -> Catalog:
+    def load(cls, storage: Storage, target: str | None = None, *, newest_only: bool = False) -> Catalog:
         prefix = f"{target}/" if target else ""
-        catalog = cls.from_listing(storage.list(prefix), storage.get_bytes, target)
+        catalog = cls.from_listing(storage.list(prefix), storage.get_bytes, target, newest_only=newest_only)
         for b in catalog.backups:
             if b.state == UNREADABLE:
                 log.warning("event=manifest_unreadable key=%s error=%r", b.manifest_key, b.detail)

@@ -83,7 +83,7 @@ class RunContext:
     backup_id: str
     recipients: Recipients | None
     identity: ClusterIdentity
-    catalog: Catalog  # the target as it was when the run started
+    catalog: Catalog  # the target when the run started: its owner and newest good backup (newest_only)
 
     @classmethod
     def open(cls, settings: Settings, storage: Storage) -> RunContext:
@@ -94,7 +94,7 @@ class RunContext:
             server = server_info(c)
             identity = cluster_identity(c, socket.gethostname())
         bindir = find_bindir(settings.pg_bindir, server.major)
-        catalog = Catalog.load(storage, settings.target)
+        catalog = Catalog.load(storage, settings.target, newest_only=True)
         ensure_owner(storage, settings.target, identity, catalog)
         return cls(
             settings,

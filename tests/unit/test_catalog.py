@@ -112,3 +112,22 @@ def test_the_copy_stands_in_for_a_rotten_manifest_and_a_newer_format_is_left_alo
     s.put(prefix + "/manifest.json", b'{"format_version": 9, "objects": []}', NOW - DAY)
     (c,), _ = s.candidates()
     assert c.state == FOREIGN  # a newer pgops wrote it: not ours to judge, even with a readable copy
+
+
+def test_a_backup_run_reads_only_the_newest_manifests() -> None:
+    """A run needs the owner and the newest good backup: with 200 backups stored it reads two manifests
+    (the newest, failed, and the one before it), not all of them."""
+    s = Store()
+    for i in range(200):
+        s.add("app", bid(NOW - (200 - i) * HOUR, f"{i:06x}"), NOW - (200 - i) * HOUR)
+    failed = s.add("app", bid(NOW, "ffffff"), NOW, "failed")
+    reads: list[str] = []
+
+    def read(key: str) -> bytes:
+        reads.append(key)
+        return s.read(key)
+
+    c = Catalog.from_listing(s.objects.values(), read, TARGET, newest_only=True)
+    assert len(reads) == 2 and reads[0].startswith(failed)
+    newest = c.newest_good()
+    assert newest is not None and newest.backup_id == bid(NOW - HOUR, f"{199:06x}")
