@@ -62,13 +62,13 @@ def run_check(settings: Settings, *, settings_only: bool = False) -> CheckReport
     from pgops.pg import PgConn, cluster_identity, find_bindir, server_info, tool_version
     from pgops.storage import open_storage
 
-    with PgConn.from_settings(settings).connect() as conn:
-        info = server_info(conn)
-        identity = cluster_identity(conn, socket.gethostname())
     storage = open_storage(settings)
     try:
         storage.check()
         steps.append("storage")
+        with PgConn.from_settings(settings).connect() as conn:
+            info = server_info(conn)
+            identity = cluster_identity(conn, socket.gethostname())
         steps.append(f"target={_owner_state(storage, settings.target, identity)}")
     finally:
         storage.close()
