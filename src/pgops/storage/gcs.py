@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import secrets
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pgops.errors import ConfigError, ObjectLocked, ObjectNotFound, StorageError
+from pgops.errors import ObjectLocked, ObjectNotFound, StorageError
 from pgops.storage.base import ObjectInfo, WriteOptions, read_all, write_all
-from pgops.storage.gcs_client import DEFAULT_ENDPOINT, TIMEOUT, ClientSpec, build_client
+from pgops.storage.gcs_client import DEFAULT_ENDPOINT, TIMEOUT, build_client
 from pgops.storage.gcs_download import GCSReader
 from pgops.storage.gcs_errors import (
     GCSContext,
@@ -37,30 +36,19 @@ from pgops.storage.keys import validate_key, validate_prefix
 from pgops.storage.url import StorageLocation
 
 if TYPE_CHECKING:
-    from pgops.settings import Settings
+    from pgops.storage.config import GCSConfig
 
 log = logging.getLogger("pgops.storage.gcs")
 
 T = TypeVar("T")
 
 CHECK_DIR = ".pgops-check"  # check() writes and deletes one probe object under <prefix>/.pgops-check/
-STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE", "MULTI_REGIONAL", "REGIONAL")
-_KMS_KEY_RE = re.compile(r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$")
 READ_BLOCK = 1024 * 1024
 
 
 class GCSStorage:
-    def __init__(
-        self,
-        location: StorageLocation,
-        client: Any,
-        session: Any,
-        spec: ClientSpec,
-        *,
-        chunk_size: int,
-        storage_class: str = "",
-        kms_key_name: str = "",
-    ) -> None:
+    def __init__(self, location: StorageLocation, config: GCSConfig) -> None:
+        client, session, spec = build_client(config)
         bucket, prefix = location.bucket, location.prefix
         self.bucket = bucket
         self.prefix = prefix
@@ -80,35 +68,10 @@ class GCSStorage:
             credentials_hint=spec.credentials_hint,
         )
         self.retry = retry_policy(spec.max_attempts)
-        self.chunk_size = chunk_size
-        self.storage_class = storage_class
-        self.kms_key_name = kms_key_name
+        self.chunk_size = config.chunk_size
+        self.storage_class = config.storage_class  # checked and upper-cased by config.gcs_config
+        self.kms_key_name = config.kms_key_name
         self._bucket = client.bucket(bucket)
-
-    @classmethod
-    def from_settings(cls, location: StorageLocation, settings: Settings) -> GCSStorage:
-        storage_class = settings.gcs_storage_class.strip().upper()
-        if storage_class and storage_class not in STORAGE_CLASSES:
-            raise ConfigError(
-                f"PGOPS_GCS_STORAGE_CLASS={settings.gcs_storage_class!r} is not valid; valid: "
-                f"{', '.join(STORAGE_CLASSES[:4])} (or empty for the bucket default)"
-            )
-        kms = settings.gcs_kms_key_name.strip()
-        if kms and not _KMS_KEY_RE.match(kms):
-            raise ConfigError(
-                f"PGOPS_GCS_KMS_KEY_NAME={kms!r} is not a Cloud KMS key name; valid form: "
-                "projects/P/locations/L/keyRings/R/cryptoKeys/K (without /cryptoKeyVersions/N)"
-            )
-        client, session, spec = build_client(settings)
-        return cls(
-            location,
-            client,
-            session,
-            spec,
-            chunk_size=settings.gcs_chunk_size,
-            storage_class=storage_class,
-            kms_key_name=kms,
-        )
 
     def __repr__(self) -> str:
         return f"GCSStorage(url={self.url!r}, endpoint={self.ctx.endpoint!r}, credentials={self.ctx.credentials!r})"

@@ -1,4 +1,4 @@
-"""Credentials, endpoint and the google-cloud-storage client, from Settings. Imported lazily, like the SDK.
+"""Credentials, endpoint and the google-cloud-storage client, from a GCSConfig. Imported lazily, like the SDK.
 
 Credentials, in this order:
 1. PGOPS_GCS_CREDENTIALS_FILE: a service-account JSON key (google.oauth2.service_account), or a workload
@@ -21,7 +21,7 @@ from pgops.errors import ConfigError, StorageError
 from pgops.log import shorten
 
 if TYPE_CHECKING:
-    from pgops.settings import Settings
+    from pgops.storage.config import GCSConfig
 
 SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"
@@ -62,9 +62,9 @@ def normalise_endpoint(raw: str, setting: str, default_scheme: str) -> str:
     return v
 
 
-def resolve_endpoint(settings: Settings) -> tuple[str, str, bool]:
+def resolve_endpoint(config: GCSConfig) -> tuple[str, str, bool]:
     """(endpoint URL, setting that supplied it, is it an emulator)."""
-    custom = normalise_endpoint(settings.gcs_endpoint_url, "PGOPS_GCS_ENDPOINT_URL", "https")
+    custom = normalise_endpoint(config.endpoint_url, "PGOPS_GCS_ENDPOINT_URL", "https")
     if custom:
         return custom, "PGOPS_GCS_ENDPOINT_URL", True
     # The convention for STORAGE_EMULATOR_HOST is plain HTTP when no scheme is given.
@@ -74,9 +74,9 @@ def resolve_endpoint(settings: Settings) -> tuple[str, str, bool]:
     return DEFAULT_ENDPOINT, "PGOPS_GCS_ENDPOINT_URL", False
 
 
-def load_credentials(settings: Settings, emulator: bool, endpoint: str) -> tuple[Any, str, str]:
+def load_credentials(config: GCSConfig, emulator: bool, endpoint: str) -> tuple[Any, str, str]:
     """(credentials, description, what to check on failure). Does not contact any server."""
-    path = settings.gcs_credentials_file.strip()
+    path = config.credentials_file.strip()
     if path:
         where = f"PGOPS_GCS_CREDENTIALS_FILE={path}"
         return credentials_from_file(path, where), where, "check PGOPS_GCS_CREDENTIALS_FILE"
@@ -161,21 +161,21 @@ def credentials_from_file(path: str, where: str) -> Any:
     )
 
 
-def build_client(settings: Settings) -> tuple[Any, Any, ClientSpec]:
+def build_client(config: GCSConfig) -> tuple[Any, Any, ClientSpec]:
     """(google.cloud.storage.Client, the authorized requests session it uses, spec). Does not connect."""
     from google.auth.transport import requests as auth_requests
     from google.cloud import storage
 
-    endpoint, endpoint_setting, emulator = resolve_endpoint(settings)
-    creds, described, hint = load_credentials(settings, emulator, endpoint)
+    endpoint, endpoint_setting, emulator = resolve_endpoint(config)
+    creds, described, hint = load_credentials(config, emulator, endpoint)
     spec = ClientSpec(
         endpoint_url=endpoint,
         endpoint_setting=endpoint_setting,
         emulator=emulator,
         credentials=described,
         credentials_hint=hint,
-        project=settings.gcs_project.strip() or None,
-        max_attempts=settings.gcs_max_attempts,
+        project=config.project.strip() or None,
+        max_attempts=config.max_attempts,
     )
     session: Any = untyped(auth_requests).AuthorizedSession(creds)
     try:

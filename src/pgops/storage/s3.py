@@ -20,7 +20,7 @@ from pgops.errors import ObjectLocked, StorageError
 from pgops.storage.base import ObjectInfo, WriteOptions, read_all, write_all
 from pgops.storage.keys import validate_key, validate_prefix
 from pgops.storage.retry import RetryPolicy, backoff_delay
-from pgops.storage.s3_client import ClientSpec, build_client
+from pgops.storage.s3_client import build_client
 from pgops.storage.s3_errors import (
     S3Context,
     http_status,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import GetObjectOutputTypeDef
 
-    from pgops.settings import Settings
+    from pgops.storage.config import S3Config
 
 T = TypeVar("T")
 
@@ -108,18 +108,8 @@ class S3Reader:
 
 
 class S3Storage:
-    def __init__(
-        self,
-        location: StorageLocation,
-        client: S3Client,
-        spec: ClientSpec,
-        *,
-        part_size: int,
-        conditional_writes: bool = True,
-        storage_class: str = "",
-        sse: str = "none",
-        sse_kms_key_id: str = "",
-    ) -> None:
+    def __init__(self, location: StorageLocation, config: S3Config) -> None:
+        client, spec = build_client(config)
         bucket, prefix = location.bucket, location.prefix
         self.bucket = bucket
         self.prefix = prefix
@@ -130,31 +120,17 @@ class S3Storage:
         self.ctx = S3Context(url=self.url, bucket=bucket, prefix=prefix, endpoint=endpoint)
         self.retry = retry_policy(spec.max_attempts)
         extra: dict[str, str] = {}
-        if storage_class:
-            extra["StorageClass"] = storage_class
-        if sse == "aes256":
+        if config.storage_class:
+            extra["StorageClass"] = config.storage_class
+        if config.sse == "aes256":
             extra["ServerSideEncryption"] = "AES256"
-        elif sse == "aws:kms":
+        elif config.sse == "aws:kms":
             extra["ServerSideEncryption"] = "aws:kms"
-            if sse_kms_key_id:
-                extra["SSEKMSKeyId"] = sse_kms_key_id
+            if config.sse_kms_key_id:
+                extra["SSEKMSKeyId"] = config.sse_kms_key_id
         self.write_args = extra
-        self.conditional_writes = conditional_writes
-        self.part_size = part_size
-
-    @classmethod
-    def from_settings(cls, location: StorageLocation, settings: Settings) -> S3Storage:
-        client, spec = build_client(settings)
-        return cls(
-            location,
-            client,
-            spec,
-            part_size=settings.s3_part_size,
-            conditional_writes=settings.s3_conditional_writes,
-            storage_class=settings.s3_storage_class,
-            sse=settings.s3_sse,
-            sse_kms_key_id=settings.s3_sse_kms_key_id,
-        )
+        self.conditional_writes = config.conditional_writes
+        self.part_size = config.part_size
 
     def __repr__(self) -> str:
         return f"S3Storage(url={self.url!r}, endpoint={self.ctx.endpoint!r})"

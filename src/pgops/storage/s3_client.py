@@ -1,4 +1,4 @@
-"""Building the boto3 S3 client from Settings. boto3 is imported here, lazily, and nowhere at import time."""
+"""Building the boto3 S3 client from its S3Config. boto3 is imported here, lazily, and nowhere at import time."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pgops.log import q
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from pgops.settings import Settings
+    from pgops.storage.config import S3Config
 
 log = logging.getLogger("pgops.storage.s3")
 
@@ -45,41 +45,41 @@ def normalise_endpoint(raw: str) -> str | None:
     return v
 
 
-def client_spec(settings: Settings, default_region: str | None) -> ClientSpec:
+def client_spec(config: S3Config, default_region: str | None) -> ClientSpec:
     verify: bool | str | None
-    if not settings.s3_verify_tls:
+    if not config.verify_tls:
         verify = False
-    elif settings.s3_ca_bundle:
-        verify = settings.s3_ca_bundle
+    elif config.ca_bundle:
+        verify = config.ca_bundle
     else:
         verify = None
     return ClientSpec(
-        endpoint_url=normalise_endpoint(settings.s3_endpoint_url),
-        region=settings.s3_region or default_region or "us-east-1",
+        endpoint_url=normalise_endpoint(config.endpoint_url),
+        region=config.region or default_region or "us-east-1",
         verify=verify,
-        addressing_style=settings.s3_addressing_style,
-        max_attempts=settings.s3_max_attempts,
-        request_checksum=settings.s3_request_checksum,
+        addressing_style=config.addressing_style,
+        max_attempts=config.max_attempts,
+        request_checksum=config.request_checksum,
     )
 
 
-def build_client(settings: Settings) -> tuple[S3Client, ClientSpec]:
-    """A client configured from the S3_* settings. Does not connect."""
+def build_client(config: S3Config) -> tuple[S3Client, ClientSpec]:
+    """A client configured from the PGOPS_S3_* settings. Does not connect."""
     import boto3.session
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError
 
     try:
-        if settings.s3_access_key_id:
+        if config.access_key_id:
             session = boto3.session.Session(
-                aws_access_key_id=settings.s3_access_key_id,
-                aws_secret_access_key=settings.s3_secret_access_key.reveal() or None,
-                aws_session_token=settings.s3_session_token.reveal() or None,
+                aws_access_key_id=config.access_key_id,
+                aws_secret_access_key=config.secret_access_key.reveal() or None,
+                aws_session_token=config.session_token.reveal() or None,
             )
         else:
             session = boto3.session.Session()
-        spec = client_spec(settings, session.region_name)
-        config = Config(
+        spec = client_spec(config, session.region_name)
+        boto_config = Config(
             region_name=spec.region,
             # One retry layer: ours (retry.py), which counts PGOPS_S3_MAX_ATTEMPTS per request or part,
             # logs each retry and stops waiting on a signal. botocore sends each request once.
@@ -90,7 +90,7 @@ def build_client(settings: Settings) -> tuple[S3Client, ClientSpec]:
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
         )
-        kwargs: dict[str, Any] = {"config": config, "region_name": spec.region}
+        kwargs: dict[str, Any] = {"config": boto_config, "region_name": spec.region}
         if spec.endpoint_url:
             kwargs["endpoint_url"] = spec.endpoint_url
         if spec.verify is not None:
