@@ -47,13 +47,13 @@ mkdir -p .cache
 smoke_stamp=.cache/smoke-ok-$( {
   dpkg-query -W -f='${Package} ${Version} ${Status}\n' "${APT_PACKAGES[@]}" 2>&1
   basename "$stamp"
-  cat molecule/containers.conf scripts/smoke.sh
+  cat "${CONTAINERS_CONF:-molecule/containers.conf}" scripts/smoke.sh 2>&1
 } | sha256sum | cut -c1-16)
 if [ -f "$smoke_stamp" ] && [ "${SMOKE:-0}" != 1 ]; then
   echo "bootstrap: smoke check passed before on this machine state ($smoke_stamp; SMOKE=1 runs it again)"
 else
-  VENV=$VENV ./scripts/smoke.sh
   rm -f .cache/smoke-ok-*
+  VENV=$VENV ./scripts/smoke.sh
   touch "$smoke_stamp"
 fi
 echo "bootstrap: ok ($VENV)"

@@ -67,12 +67,22 @@ git clone -q --no-local "$repo" "$root/root/pgops"
 git -C "$root/root/pgops" checkout -q "$(git rev-parse HEAD)"
 say "cloned $(git rev-parse --short HEAD) ($(git log -1 --format=%s | cut -c1-72)) into /root/pgops"
 
+# The one thing taken from this machine: the CA bundle of its network. Where TLS is inspected (as here),
+# pip needs it as a fresh machine on that network has it (PIP_CERT or pip.conf's `cert`); the package
+# index stays PyPI's.
+site=()
+ca=${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}
+if [ -n "$ca" ] && [ -f "$ca" ]; then
+  site=(--volume "$ca:/etc/pgops-site-ca.crt:ro" --env PIP_CERT=/etc/pgops-site-ca.crt)
+  say "pip trusts this machine's CA bundle $ca (PIP_CERT)"
+fi
+
 status=0
 for t in "${targets[@]}"; do
   say "make $t: started"
   start=$SECONDS
   # CI=true as .ci/run has it; nothing from this machine's environment goes in.
-  if podman run --rm --privileged --name "$name" --hostname pgops-pristine --env CI=true \
+  if podman run --rm --privileged --name "$name" --hostname pgops-pristine --env CI=true "${site[@]}" \
     --workdir /root/pgops --rootfs "$root" /bin/bash -c "make $t" >"$dir/make-$t.log" 2>&1; then
     say "make $t: PASSED in $((SECONDS - start)) s (log $dir/make-$t.log)"
   else

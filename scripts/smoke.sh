@@ -21,8 +21,11 @@ fail() { echo "smoke: FAILED: $*" >&2; exit 1; }
 # The last meaningful line of a command's output (podman and runc put the cause last).
 cause() { grep -v '^[[:space:]]*$' <<<"$1" | grep -v 'failed to connect to syslog' | tail -n 1 | cut -c1-300; }
 
+# What podman's own message leaves unsaid. netavark reports a missing iptables only as its own ENOENT.
+hint() { case $1 in *netavark:*) echo " (netavark runs iptables: is apt package iptables installed and working?)" ;; esac; }
+
 # ---- what must be installed (each named by its apt package) -------------------------------------------
-has() { command -v "$1" >/dev/null 2>&1; }
+has() { local p; p=$(command -v "$1" 2>/dev/null) && [ -x "$p" ]; } # an executable, not just a name
 has podman || fail "podman is not installed (apt package podman; scripts/bootstrap.sh installs it)"
 has runc || fail "runc is not installed (apt package runc): the project's containers.conf selects it"
 has iptables || fail "iptables is not installed (apt package iptables): netavark needs it for every podman network"
@@ -73,7 +76,7 @@ start() { # NAME COMMAND...
   local name=$1 out
   shift
   out=$("${run[@]}" -d --name "$id-$name" --hostname "$id-$name" /:O "$@" 2>&1) \
-    || fail "podman run --network (the $name container): $(cause "$out")"
+    || fail "podman run --network (the $name container): $(cause "$out")$(hint "$out")"
 }
 start db sh -c "runuser -u postgres -- $pgbin/initdb -D /tmp/data -U postgres -E UTF8 --locale=C --auth=trust >/tmp/initdb.log 2>&1 \
   || { cat /tmp/initdb.log; exit 1; }
