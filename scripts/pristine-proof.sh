@@ -15,6 +15,9 @@
 # iptables rules and the demo's fixed subnet must not meet the host's), its own mounts and cgroups, and a
 # root on a real file system so that its podman can use overlay storage (overlay on overlay fails). A
 # chroot shares the host's network namespace; systemd-nspawn is not installed here and needs systemd.
+# `--cgroupns=private`: on cgroup v1 podman's default is the host's cgroup namespace, and then systemd in
+# the demo's containers sees cgroup paths that do not match its own mounts: it refuses PostgreSQL's main
+# PID ("does not belong to service") and `systemctl start postgresql@15-main` never returns.
 #
 # Usage: scripts/pristine-proof.sh [TARGET ...]   (default: demo test; CPU-heavy: run it under
 #        `flock /tmp/pgops-heavy.lock` on a shared machine)
@@ -82,11 +85,14 @@ for t in "${targets[@]}"; do
   say "make $t: started"
   start=$SECONDS
   # CI=true as .ci/run has it; nothing from this machine's environment goes in.
-  if podman run --rm --privileged --name "$name" --hostname pgops-pristine --env CI=true "${site[@]}" \
-    --workdir /root/pgops --rootfs "$root" /bin/bash -c "make $t" >"$dir/make-$t.log" 2>&1; then
+  # In the background and waited for, so that SIGINT/SIGTERM reach the traps (and remove it) at once.
+  podman run --rm --privileged --cgroupns=private --name "$name" --hostname pgops-pristine --env CI=true \
+    "${site[@]}" --workdir /root/pgops --rootfs "$root" /bin/bash -c "make $t" >"$dir/make-$t.log" 2>&1 &
+  rc=0
+  wait $! || rc=$?
+  if ((rc == 0)); then
     say "make $t: PASSED in $((SECONDS - start)) s (log $dir/make-$t.log)"
   else
-    rc=$?
     say "make $t: FAILED with exit $rc after $((SECONDS - start)) s (log $dir/make-$t.log)"
     tail -n 30 "$dir/make-$t.log" >&2
     status=1

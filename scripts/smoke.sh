@@ -71,7 +71,7 @@ trap 'exit 143' TERM
 
 out=$(podman network create "$id" 2>&1) || fail "podman network create: $(cause "$out")"
 # The machine's root, copy-on-write, plus the venv (it may live on another file system) and a private /tmp.
-run=(podman run --network "$id" -v "$venv:$venv:ro" --tmpfs /tmp:rw,mode=1777 --rootfs)
+run=(podman run --network "$id" -v "$venv:$venv:ro" --tmpfs /tmp:rw,mode=1777,notmpcopyup --rootfs)
 start() { # NAME COMMAND...
   local name=$1 out
   shift

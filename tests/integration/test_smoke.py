@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,10 @@ def leftovers(pid: int) -> list[str]:
     """Containers and networks that the check with this process id left behind."""
     prefix = f"pgops-smoke-{pid}-"
     out = []
-    for argv in (["podman", "ps", "-a", "--format", "{{.Names}}"], ["podman", "network", "ls", "--format", "{{.Name}}"]):
+    for argv in (
+        ["podman", "ps", "-a", "--format", "{{.Names}}"],
+        ["podman", "network", "ls", "--format", "{{.Name}}"],
+    ):
         listed = subprocess.run(argv, env=env(), capture_output=True, text=True, check=True).stdout.split()
         out += [n for n in listed if n.startswith(prefix)]
     return out
@@ -91,20 +95,28 @@ def test_passes_and_leaves_nothing() -> None:
     assert leftovers(pid) == []
 
 
+INSTALLED: dict[str, Callable[[], str]] = {
+    "iptables": lambda: program("iptables"),
+    "netavark": lambda: helper("netavark"),
+    "aardvark-dns": lambda: helper("aardvark-dns"),
+    "runc": lambda: program("runc"),
+    "postgres": lambda: "/usr/lib/postgresql/15/bin/postgres",
+}
+
+
 @pytest.mark.parametrize(
-    ("what", "path", "names"),
+    ("what", "names"),
     [
-        ("iptables", lambda: program("iptables"), ["iptables", "netavark needs it", "apt package iptables"]),
-        ("netavark", lambda: helper("netavark"), ["netavark", "apt package netavark"]),
-        ("aardvark-dns", lambda: helper("aardvark-dns"), ["aardvark-dns", "apt package aardvark-dns"]),
-        ("runc", lambda: program("runc"), ["runc", "apt package runc"]),
-        ("postgres", lambda: "/usr/lib/postgresql/15/bin/postgres", ["PostgreSQL 15", "postgresql-15"]),
+        ("iptables", ["iptables", "netavark needs it", "apt package iptables"]),
+        ("netavark", ["netavark", "apt package netavark"]),
+        ("aardvark-dns", ["aardvark-dns", "apt package aardvark-dns"]),
+        ("runc", ["runc", "apt package runc"]),
+        ("postgres", ["PostgreSQL 15", "postgresql-15"]),
     ],
 )
-def test_names_what_is_not_installed(what: str, path: object, names: list[str]) -> None:
+def test_names_what_is_not_installed(what: str, names: list[str]) -> None:
     """Each program covered by /dev/null (not executable): one line naming it and its apt package."""
-    assert callable(path)
-    rc, stdout, stderr, pid = run(masked([str(SMOKE)], {path(): Path("/dev/null")}))
+    rc, stdout, stderr, pid = run(masked([str(SMOKE)], {INSTALLED[what](): Path("/dev/null")}))
     assert rc == 1, (stdout, stderr)
     assert_one_line(stderr, *names)
     assert leftovers(pid) == []
