@@ -18,6 +18,8 @@
 # `--cgroupns=private`: on cgroup v1 podman's default is the host's cgroup namespace, and then systemd in
 # the demo's containers sees cgroup paths that do not match its own mounts: it refuses PostgreSQL's main
 # PID ("does not belong to service") and `systemctl start postgresql@15-main` never returns.
+# A network of its own on 10.217.0.0/24: on podman's default network (10.88.0.0/16) the inner podman's
+# default network has the same subnet, so its containers (`podman build` RUN steps) have no route out.
 #
 # Usage: scripts/pristine-proof.sh [TARGET ...]   (default: demo test; CPU-heavy: run it under
 #        `flock /tmp/pgops-heavy.lock` on a shared machine)
@@ -47,6 +49,7 @@ log=$dir/proof.log
 mkdir -p "$dir"
 cleanup() {
   podman rm -f -t 10 "$name" >/dev/null 2>&1 || true
+  podman network rm -f "$name" >/dev/null 2>&1 || true
   # The inner podman's overlay mounts live in the container's mount namespace; nothing is left mounted here.
 }
 trap cleanup EXIT
@@ -80,13 +83,16 @@ if [ -n "$ca" ] && [ -f "$ca" ]; then
   say "pip trusts this machine's CA bundle $ca (PIP_CERT)"
 fi
 
+podman network rm -f "$name" >/dev/null 2>&1 || true
+podman network create --subnet 10.217.0.0/24 "$name" >/dev/null
+
 status=0
 for t in "${targets[@]}"; do
   say "make $t: started"
   start=$SECONDS
   # CI=true as .ci/run has it; nothing from this machine's environment goes in.
   # In the background and waited for, so that SIGINT/SIGTERM reach the traps (and remove it) at once.
-  podman run --rm --privileged --cgroupns=private --name "$name" --hostname pgops-pristine --env CI=true \
+  podman run --rm --privileged --cgroupns=private --network "$name" --name "$name" --hostname pgops-pristine --env CI=true \
     "${site[@]}" --workdir /root/pgops --rootfs "$root" /bin/bash -c "make $t" >"$dir/make-$t.log" 2>&1 &
   rc=0
   wait $! || rc=$?
