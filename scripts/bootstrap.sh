@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Idempotent setup for a fresh Debian 12 machine: apt packages, then the project venv from exact pins.
-# Safe to run again: it installs only what is missing and rebuilds the venv only when the pins change.
+# Idempotent setup for a fresh Debian 12 machine: apt packages, then the project venv from exact pins, then
+# the smoke check (scripts/smoke.sh: containers on a podman network reach PostgreSQL and the emulators).
+# Safe to run again: it installs only what is missing, rebuilds the venv only when the pins change, and runs
+# the smoke check again whenever the installed packages, the venv or the container settings change
+# (SMOKE=1 runs it anyway). scripts/pristine-proof.sh proves all of this from a bare Debian 12 root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# python3-venv: Debian's python3 has no ensurepip without it. openssh-client: Ansible reaches the demo's
+# and Molecule's containers over SSH.
 APT_PACKAGES=(
+  python3 python3-venv
   postgresql-15 postgresql-client-15 zstd age pgbackrest
   podman runc debootstrap uidmap slirp4netns fuse-overlayfs netavark aardvark-dns iptables
-  openssl make git
+  openssl openssh-client ca-certificates make git
 )
 
 missing=()
@@ -33,5 +39,21 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/pip" install -q --no-deps -e .
   rm -f "$VENV"/.pins-*
   touch "$stamp"
+fi
+
+# The smoke check's result is kept for this exact machine state: the installed versions of the packages
+# above, the venv's pins, the container settings and the check itself.
+mkdir -p .cache
+smoke_stamp=.cache/smoke-ok-$( {
+  dpkg-query -W -f='${Package} ${Version} ${Status}\n' "${APT_PACKAGES[@]}" 2>&1
+  basename "$stamp"
+  cat "${CONTAINERS_CONF:-molecule/containers.conf}" scripts/smoke.sh 2>&1
+} | sha256sum | cut -c1-16)
+if [ -f "$smoke_stamp" ] && [ "${SMOKE:-0}" != 1 ]; then
+  echo "bootstrap: smoke check passed before on this machine state ($smoke_stamp; SMOKE=1 runs it again)"
+else
+  rm -f .cache/smoke-ok-*
+  VENV=$VENV ./scripts/smoke.sh
+  touch "$smoke_stamp"
 fi
 echo "bootstrap: ok ($VENV)"

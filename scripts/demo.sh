@@ -32,7 +32,6 @@ t0=$SECONDS
 step "machine setup (apt packages, venv)"
 ./scripts/bootstrap.sh
 mkdir -p "$(dirname "$key")"; : >"$log"
-command -v ssh >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-client >/dev/null; }
 
 step "local image and offline wheelhouse"
 molecule/images/build.sh 12

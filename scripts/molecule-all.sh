@@ -13,15 +13,8 @@ export CONTAINERS_CONF="$root/molecule/containers.conf"
 export PATH="$root/${VENV:-.venv}/bin:$PATH"
 export ANSIBLE_FORCE_COLOR=${ANSIBLE_FORCE_COLOR:-0} NO_COLOR=${NO_COLOR:-1} PY_COLORS=${PY_COLORS:-0}
 
-# Ansible and testinfra reach the instances over SSH (see molecule/postgresql/molecule.yml): the controller
-# needs the OpenSSH client, which scripts/bootstrap.sh does not install (its apt installs skip recommends).
-if ! command -v ssh >/dev/null; then
-  echo "molecule-all: installing openssh-client"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-client >/dev/null
-fi
-
+# Ansible and testinfra reach the instances over SSH (see molecule/postgresql/molecule.yml); bootstrap
+# installs the OpenSSH client.
 for tool in podman debootstrap molecule ssh; do
   command -v "$tool" >/dev/null || { echo "molecule-all: '$tool' not found; run scripts/bootstrap.sh first" >&2; exit 2; }
 done

@@ -26,7 +26,15 @@ except LockHeld as e:
 
 
 def _as_postgres(lock_dir: Path) -> str:
-    src = str(Path(__file__).resolve().parents[2] / "src")
+    # A copy of the source beside the lock directory: the checkout itself may be unreadable for postgres
+    # (a clone under root's 0700 home, as on a fresh machine).
+    src = lock_dir.parent / "src"
+    if not src.exists():
+        shutil.copytree(
+            Path(__file__).resolve().parents[2] / "src" / "pgops",
+            src / "pgops",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     result = subprocess.run(
         [
             shutil.which("runuser") or "/usr/sbin/runuser",
@@ -40,7 +48,7 @@ def _as_postgres(lock_dir: Path) -> str:
         ],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": src},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(src)},
         check=False,
     )
     assert result.returncode == 0, result.stderr
