@@ -9,6 +9,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -442,14 +443,23 @@ def _failed(command: str, e: PgOpsError) -> int:
 def _dispatch(settings: Settings, ns: argparse.Namespace) -> int:
     """Run one command; every exception becomes an exit code here, and only here."""
     try:
-        return int(COMMANDS[ns.command](settings, ns))
+        code = int(COMMANDS[ns.command](settings, ns))
+        sys.stdout.flush()  # inside the try: a reader that went away is seen here, not at interpreter exit
     except PgOpsError as e:
         return _failed(ns.command, e)
+    except BrokenPipeError:
+        # The reader of our output went away (`| head`, `| true`): quiet, like other command-line tools.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return int(ExitCode.BROKEN_PIPE)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
     except Exception:
         log.exception("event=failed command=%s exit=%d error_type=bug", ns.command, int(ExitCode.FAILURE))
         return int(ExitCode.FAILURE)
+    return code
 
 
 def run(argv: Sequence[str] | None = None) -> int:

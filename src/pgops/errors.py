@@ -21,6 +21,7 @@ class ExitCode(enum.IntEnum):
     LOCKED_OBJECTS = 10  # retention could not delete objects held by Object Lock / a retention policy
     STALE = 11  # status: the newest good backup is older than the threshold
     INTERRUPTED = 130  # SIGINT (128 + 2); SIGTERM exits 143 (128 + 15)
+    BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away (`pgops list | head`)
     TERMINATED = 143
 
 

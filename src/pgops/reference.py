@@ -25,6 +25,8 @@ EXIT_MEANINGS = {
     ExitCode.LOCKED_OBJECTS: "Retention could not delete objects held by Object Lock or a retention policy.",
     ExitCode.STALE: "status: the newest good backup is older than the threshold.",
     ExitCode.INTERRUPTED: "Stopped by SIGINT. The upload was aborted and child processes reaped.",
+    ExitCode.BROKEN_PIPE: "Standard output was closed by its reader (`pgops list --json | head`); nothing else "
+    "went wrong. The shell's usual status for it.",
     ExitCode.TERMINATED: "Stopped by SIGTERM. The upload was aborted and child processes reaped.",
 }
 

@@ -136,3 +136,26 @@ def test_list_before_shows_only_backups_started_by_then(engine: Engine, pg: Clus
     )
     bad = engine.run(["list", "--before", "yesterday"])
     assert bad.returncode == ExitCode.CONFIG and "--before='yesterday'" in bad.stderr
+
+
+def test_a_reader_that_goes_away_is_a_quiet_exit_141(engine: Engine, pg: Cluster) -> None:
+    """`pgops list --json | true`: the pipe's reader is gone before pgops writes. No traceback, no
+    'error_type=bug', the shell's usual status (128 + SIGPIPE)."""
+    engine.run(["backup", "--databases", "postgres"], check=True)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away
+    try:
+        result = subprocess.run(
+            [*PGOPS, "list", "--json"],
+            env=_child_env(engine.env),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == int(ExitCode.BROKEN_PIPE) == 141, result.stderr
+    assert "Traceback" not in result.stderr and "error_type=bug" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
