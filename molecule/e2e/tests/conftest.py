@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 import testinfra
 from tests.fixtures.dumps import canonical  # the project root is on sys.path (pyproject's pythonpath)
+from tests.fixtures.instances import run_as_postgres
 
 DB, STORE, RESTORE, DRILL = "pgops-e2e-db", "pgops-e2e-store", "pgops-e2e-restore", "pgops-e2e-drill"
 TRICKY_DB = "Tricky db ☃"
@@ -34,19 +34,6 @@ def drill() -> Any:
 def ephemeral(name: str) -> str:
     """A file side_effect.yml left in the scenario's ephemeral directory."""
     return (Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / name).read_text().strip()
-
-
-def run_as_postgres(host: Any, argv: list[str]) -> str:
-    """Run a command as the postgres OS user; fail the test with its stderr if it fails."""
-    cmd = "runuser -u postgres -- " + " ".join(shlex.quote(a) for a in argv)
-    result = host.run(cmd)
-    assert result.rc == 0, f"{cmd}: {result.stderr}"
-    out: str = result.stdout
-    return out
-
-
-def psql(host: Any, sql: str, db: str = "postgres") -> str:
-    return run_as_postgres(host, ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql])
 
 
 def dump(host: Any, database: str) -> str:

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.fixtures.instances import psql, run_as_postgres
 
-from conftest import DB, TRICKY_DB, dump, ephemeral, psql, run_as_postgres
+from conftest import DB, TRICKY_DB, dump, ephemeral
 
 # Each test names its hosts itself (db, restored fixtures); run each once.
 testinfra_hosts = [f"podman://{DB}"]
