@@ -26,7 +26,7 @@ def ephemeral() -> Path:
 
 def inventory(unfilled: bool = False) -> str:
     """The team's filled copy of inventory/example/production, or the one with a placeholder left."""
-    return str(ephemeral() / ("inventory-unfilled" if unfilled else "inventory") / "production")
+    return str(ephemeral() / "team" / ("inventory-unfilled" if unfilled else "inventory") / "production")
 
 
 def secret(name: str) -> str:
