@@ -1,0 +1,114 @@
+"""Every command block of docs/runbooks/ says how the runbooks' test runs it (tests/fixtures/runbooks.py).
+
+molecule/runbooks runs the blocks against real hosts; this unit test keeps the markdown in a shape it can
+run: a block without a marker, a marker without a block, an unknown host, or too many blocks left unrun
+fail here, in the fast suite, before anyone starts containers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.runbooks import (
+    HOSTS,
+    RunbookSyntaxError,
+    all_blocks,
+    missing_output,
+    normalise,
+    parse,
+    split_console,
+)
+
+MAX_NOT_RUN = 6  # rare and justified: interactive input, an AWS account, a section another change owns
+
+
+def test_every_command_block_of_the_runbooks_has_a_marker() -> None:
+    blocks = all_blocks()  # raises RunbookSyntaxError naming file:line of the first unmarked block
+    assert len(blocks) >= 70, f"only {len(blocks)} command blocks found: is the parser missing some?"
+    for b in blocks:
+        assert b.not_run is not None or b.host in HOSTS, b.where
+        if b.lang == "console":
+            assert b.commands(), f"{b.where}: a console block without a `$ ` command"
+
+
+def test_blocks_that_are_not_run_are_rare_and_say_why() -> None:
+    not_run = [b for b in all_blocks() if b.not_run is not None]
+    assert len(not_run) <= MAX_NOT_RUN, [f"{b.where}: {b.not_run}" for b in not_run]
+    for b in not_run:
+        assert b.not_run is not None and len(b.not_run) >= 20, f"{b.where}: give the reason: {b.not_run!r}"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "runbook.md"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_a_block_without_a_marker_fails_naming_its_line(tmp_path: Path) -> None:
+    p = _write(tmp_path, "# x\n\n<!-- runbook: host=db -->\n```sh\ntrue\n```\n\ntext\n\n```console\n$ true\n```\n")
+    with pytest.raises(RunbookSyntaxError, match=r"runbook\.md:10: ```console block without a marker"):
+        parse(p)
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("host=laptop", "host=laptop: valid hosts are db, restore, store, controller"),
+        ("setup=x", "marker without host="),
+        ("host=db when=later", "marker option 'when=later'"),
+        ("not run: short", "marker option 'not'"),
+    ],
+)
+def test_a_bad_marker_is_refused(tmp_path: Path, marker: str, message: str) -> None:
+    p = _write(tmp_path, f"<!-- runbook: {marker} -->\n```sh\ntrue\n```\n")
+    with pytest.raises(RunbookSyntaxError, match=message):
+        parse(p)
+
+
+def test_a_marker_must_sit_right_before_its_block(tmp_path: Path) -> None:
+    p = _write(tmp_path, "<!-- runbook: host=db -->\nsome prose\n```sh\ntrue\n```\n")
+    with pytest.raises(RunbookSyntaxError, match="marker without a command block"):
+        parse(p)
+
+
+def test_console_blocks_split_into_commands_with_continuations_and_heredocs() -> None:
+    body = "\n".join(
+        [
+            "$ sudo -u postgres pgops restore --database billing \\",
+            "    --check",
+            "ts=... event=restore_done",
+            "$ psql <<'SQL'",
+            "BEGIN;",
+            "SQL",
+            "BEGIN",
+            "$ echo done",
+        ]
+    )
+    cmds = split_console(body, "x.md:1")
+    assert [c.text for c in cmds] == [
+        "sudo -u postgres pgops restore --database billing \\\n    --check",
+        "psql <<'SQL'\nBEGIN;\nSQL",
+        "echo done",
+    ]
+    assert [c.shown for c in cmds] == [("ts=... event=restore_done",), ("BEGIN",), ()]
+
+
+def test_output_is_compared_after_the_conventions_normalisation() -> None:
+    shown = (
+        "ts=2026-11-22T08:02:41.804Z level=info event=restore_done database=billing id=20261122T080114Z-8ce130 "
+        "into=billing seconds=0.55",
+        "...",
+        "billing_pgops_old_20261122t080241z|t",
+    )
+    actual = (
+        "ts=2026-12-03T13:01:02.000Z level=info event=restore_start database=billing\n"
+        "ts=2026-12-03T13:01:03.123Z level=info event=restore_done database=billing id=20261203T130101Z-a1b2c3 "
+        "into=billing seconds=1.25\n"
+        "billing_pgops_old_20261203t130101z|t\n"
+    )
+    assert missing_output(shown, actual) == []
+    assert missing_output(shown, actual.replace("into=billing", "into=billing_side")) == [normalise(shown[0])]
+    # Order matters: a shown line that only appears before the previous match is missing.
+    assert missing_output((shown[2], shown[0]), actual) == [normalise(shown[0])]
