@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from pgops import metrics
 from pgops.catalog import GOOD, STATES, Backup, Catalog
 from pgops.cli_args import build_parser
 from pgops.cluster import identity_of
-from pgops.errors import ConfigError, ExitCode, IntegrityError, Interrupted, PgOpsError
+from pgops.errors import ConfigError, ExitCode, IntegrityError, Interrupted, MissingIdentity, PgOpsError
 from pgops.manifest import iso, parse_time
 from pgops.settings import Settings, load_settings
 
@@ -125,19 +126,29 @@ def cmd_backup(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+def _restore_test_refused(state: dict[str, dict[str, float]], databases: list[str | None]) -> None:
+    for database in databases:
+        metrics.set_fields(state, database, drill_last_attempt=time.time(), drill_last_result=0)
+
+
 def cmd_verify(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     from pgops import metrics
     from pgops.storage import open_storage
     from pgops.verify import run_verify
 
-    report = run_verify(
-        settings,
-        open_storage(settings),
-        backup_id=ns.backup_id,
-        database=ns.database,
-        everything=ns.all,
-        restore_test=ns.restore_test,
-    )
+    try:
+        report = run_verify(
+            settings,
+            open_storage(settings),
+            backup_id=ns.backup_id,
+            database=ns.database,
+            everything=ns.all,
+            restore_test=ns.restore_test,
+        )
+    except MissingIdentity as e:
+        # a restore test that cannot decrypt is a failed restore test, and monitoring must see it
+        metrics.update(settings, functools.partial(_restore_test_refused, databases=e.databases))
+        raise
 
     def record(state: dict[str, dict[str, float]]) -> None:
         now = time.time()
@@ -145,7 +156,9 @@ def cmd_verify(settings: Settings, ns: argparse.Namespace) -> ExitCode:
             fields: dict[str, float] = {"verify_last_result": 1 if r.ok else 0}
             if r.ok:
                 fields["verify_last_success"] = now
-            if r.ok and r.restore_seconds is not None:
+            if r.mode == "restore":  # only a real restore counts as a restore test, never sha256 or quick
+                fields.update(drill_last_attempt=now, drill_last_result=1 if r.ok else 0)
+            if r.ok and r.mode == "restore" and r.restore_seconds is not None:
                 fields.update(drill_last_success=now, drill_seconds=r.restore_seconds)
             metrics.set_fields(state, r.manifest.database, **fields)
 

@@ -196,7 +196,11 @@ def _add_observability(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         action="store_true",
         help="restore into a scratch database on PGOPS_PG_CONNINFO's server, check it, drop it",
     )
-    v.add_argument("--identity-file", dest="PGOPS_AGE_IDENTITY_FILE", help="age private key (else sha256 only)")
+    v.add_argument(
+        "--identity-file",
+        dest="PGOPS_AGE_IDENTITY_FILE",
+        help="age private key (without it: encrypted backups get sha256 only, and --restore-test fails)",
+    )
     v.add_argument("--pg-conninfo", dest="PGOPS_PG_CONNINFO", help="server for --restore-test")
     v.add_argument("--json", action="store_true", help="machine-readable output")
 

@@ -41,6 +41,14 @@ class ClusterMismatch(ConfigError):
     """The target belongs to another PostgreSQL cluster (system identifier); nothing was written."""
 
 
+class MissingIdentity(ConfigError):
+    """A restore test of encrypted backups without PGOPS_AGE_IDENTITY_FILE: it cannot restore, so it fails."""
+
+    def __init__(self, message: str, databases: list[str | None]) -> None:
+        super().__init__(message)
+        self.databases = databases
+
+
 class ClockBehind(ConfigError):
     """This host's clock is behind the newest good backup of the target; nothing was written."""
 

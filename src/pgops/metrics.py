@@ -45,6 +45,14 @@ GAUGES: dict[str, tuple[str, str]] = {
         "drill_last_success",
     ),
     "pgops_restore_test_duration_seconds": ("Restore time measured by the last restore drill.", "drill_seconds"),
+    "pgops_restore_test_last_attempt_timestamp_seconds": (
+        "Time of the last restore drill attempt (verify --restore-test), passed or not.",
+        "drill_last_attempt",
+    ),
+    "pgops_restore_test_last_attempt_success": (
+        "1 if the last restore drill restored and checked the backup, else 0 (failed, or could not decrypt).",
+        "drill_last_result",
+    ),
     "pgops_retention_kept_backups": ("Backups kept by the last retention run.", "retention_kept"),
     "pgops_retention_deleted_backups": ("Backups deleted by the last retention run.", "retention_deleted"),
     "pgops_retention_locked_backups": ("Backups retention could not delete (Object Lock).", "retention_locked"),

@@ -12,7 +12,8 @@ EXIT_MEANINGS = {
     ExitCode.OK: "Everything asked for was done.",
     ExitCode.FAILURE: "An unexpected internal error (a bug); the log has a traceback.",
     ExitCode.CONFIG: "A setting or argument is unknown or invalid, the target belongs to another cluster "
-    "(`pgops adopt`), or this host's clock is behind the newest backup. Nothing was done.",
+    "(`pgops adopt`), this host's clock is behind the newest backup, or `verify --restore-test` of encrypted "
+    "backups has no `PGOPS_AGE_IDENTITY_FILE`. Nothing was done.",
     ExitCode.STORAGE: "The object store failed or refused (credentials, bucket, endpoint, existing key, full spool).",
     ExitCode.INTEGRITY: "Stored bytes or a dump did not check out (checksum, size, truncated or empty dump).",
     ExitCode.POSTGRES: "pg_dump, pg_restore, psql or the server failed (including a refused connection).",

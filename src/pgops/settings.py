@@ -246,7 +246,9 @@ SPECS: tuple[Spec, ...] = (
         _name,
         "",
         "Name of the server being backed up; the first level of keys under the "
-        "storage prefix, and the lock name. Default: the short host name.",
+        "storage prefix, and the lock name. Default: the short host name. A drill host passes another "
+        "server's name (`pgops verify --restore-test --target db-prod-1`) to restore-test its backups on its "
+        "own server; verify writes only its `verified-*.json` record there.",
         "pg-prod-1",
     ),
     # --- what to back up ------------------------------------------------------------------------
@@ -439,7 +441,9 @@ SPECS: tuple[Spec, ...] = (
         "AGE_IDENTITY_FILE",
         _str,
         "",
-        "age identity (private key) file, needed only to restore or verify encrypted backups.",
+        "age identity (private key) file, needed only to restore or verify encrypted backups. Without it, "
+        "`pgops verify` checks encrypted backups by sha256 only, and `pgops verify --restore-test` of one "
+        "fails (exit 2).",
         "/root/pgops-restore.key",
     ),
     # --- retention --------------------------------------------------------------------------------

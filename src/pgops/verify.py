@@ -9,7 +9,12 @@ one), checks that every table in the manifest exists with a row count near the m
 runs pg_amcheck where it is installed, drops the scratch database and records the restore time.
 
 A verified backup gets a `verified-<UTC time>-<mode>.json` object next to its manifest; `status`,
-metrics and retention (the newest verified backup is always kept) read those.
+metrics and retention (the newest verified backup is always kept) read those. That record is the only
+thing verify writes, so a drill host may restore-test another server's target (`--target`) without
+claiming it: the scratch database is on the drill host's own server.
+
+Without PGOPS_AGE_IDENTITY_FILE an encrypted backup can only be checked against the sha256 of its stored
+bytes (mode `sha256`); a --restore-test of one is refused (MissingIdentity, exit 2), never passed.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import dataclasses
 import json
 import logging
 import secrets
+import socket
 import subprocess
 import time
 from typing import Any
 
 from pgops.catalog import Catalog, verification_key
-from pgops.errors import ConfigError, IntegrityError, PgOpsError, PostgresError
+from pgops.errors import ConfigError, IntegrityError, MissingIdentity, PgOpsError, PostgresError
 from pgops.log import q
 from pgops.manifest import KIND_DATABASE, REASON_SAFETY, Manifest, iso, utcnow
 from pgops.pg import PgConn, create_database_sql, drop_scratch, find_bindir, server_info
@@ -155,9 +161,25 @@ def restore_drill(
 
 def _record(storage: Storage, result: VerifyResult) -> None:
     key = verification_key(result.manifest, utcnow(), result.mode)
-    body = dict(result.to_json(), verified_at=iso(utcnow()))
+    # The only object verify ever writes, next to the manifest it verified; a drill host restore-testing
+    # another server's target (--target) writes this and nothing else there, and claims nothing.
+    body = dict(result.to_json(), verified_at=iso(utcnow()), verified_by=socket.gethostname())
     with contextlib.suppress(PgOpsError):  # a second verify within the same second: the first record stands
         storage.put_bytes(key, json.dumps(body, indent=2).encode(), WriteOptions(content_type="application/json"))
+
+
+def _refuse_restore_test_without_key(settings: Settings, chosen: list[Manifest], restore_test: bool) -> None:
+    """A restore test that cannot decrypt would only check sha256: that is no restore test, so it fails
+    before anything is done (and the CLI records a failed restore-test attempt for these databases)."""
+    locked = [m for m in chosen if restore_test and m.kind == KIND_DATABASE and is_encrypted(m)]
+    if locked:
+        raise MissingIdentity(
+            f"PGOPS_AGE_IDENTITY_FILE is not set, and {len(locked)} backup(s) of target {settings.target!r} to "
+            f"restore-test are encrypted with age (first: {locked[0].id}, database {locked[0].database!r}); a "
+            "restore test needs the private key: set PGOPS_AGE_IDENTITY_FILE (or --identity-file), or run the "
+            "restore test where the key is (a drill host); nothing was restored",
+            [m.database for m in locked],
+        )
 
 
 def run_verify(
@@ -175,8 +197,10 @@ def run_verify(
         from pgops.errors import BackupNotFound
 
         raise BackupNotFound(f"no complete backup to verify for target {settings.target!r}")
-    if any(is_encrypted(m) for m in chosen) and not settings.age_identity_file:
-        log.warning("event=verify_without_key detail=%s", q("encrypted backups are checked by sha256 only"))
+    if not settings.age_identity_file:
+        _refuse_restore_test_without_key(settings, chosen, restore_test)
+        if any(is_encrypted(m) for m in chosen):
+            log.warning("event=verify_without_key detail=%s", q("encrypted backups are checked by sha256 only"))
     report = VerifyReport()
     for m in chosen:
         t0 = time.monotonic()

@@ -13,6 +13,7 @@ from conftest import DB, TRICKY_DB, dump, ephemeral
 
 # Each test names its hosts itself (db, restored fixtures); run each once.
 testinfra_hosts = [f"podman://{DB}"]
+ENV = "/etc/pgops/pgops.env"
 
 ROLES_SQL = """
 SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, rolconnlimit,
@@ -144,9 +145,37 @@ def test_drill_host_holds_the_same_data(db: Any, drill: Any, database: str) -> N
     assert dump(drill, database) == dump(db, database)
 
 
-def test_drill_host_schedules_nothing_and_reports_the_drill(drill: Any) -> None:
-    assert not drill.file("/etc/cron.d/pgops").exists
+def test_drill_host_schedules_only_the_restore_test_of_the_database_host(drill: Any) -> None:
+    cron = drill.file("/etc/cron.d/pgops").content_string
+    jobs = [line for line in cron.splitlines() if line and not line.startswith(("#", "SHELL=", "PATH="))]
+    assert len(jobs) == 1 and f"verify --restore-test --target {DB} --env-file" in jobs[0], cron
     assert not drill.file("/etc/systemd/system/pgops-backup.timer").exists
     report = json.loads(drill.file("/var/lib/pgops/last-restore.json").content_string)
-    assert report["source_target"] == DB and report["host"] == "pgops-e2e-drill"
+    assert report["source_target"] == DB and report["host"] == "pgops-e2e-drill" and report["drill"] is True
     assert sorted(d["database"] for d in report["databases"]) == ["Tricky db ☃", "appdb"]
+    recorded = json.loads(drill.file("/var/lib/pgops/drill-databases.json").content_string)
+    assert sorted(recorded["databases"]) == ["Tricky db ☃", "appdb"]
+
+
+def test_two_drills_left_no_safety_backups_and_no_old_copies(drill: Any) -> None:
+    """verify.yml ran twice onto the same drill host: the second dropped the first's databases itself."""
+    assert psql(drill, "SELECT datname FROM pg_database WHERE datname LIKE '%pgops_old%'").strip() == ""
+    listed = run_as_postgres(
+        drill, ["/opt/pgops/venv/bin/pgops", "list", "--all-targets", "--all-states", "--json", "--env-file", ENV]
+    )
+    backups = json.loads(listed)["backups"]
+    assert backups and not [b for b in backups if b.get("reason") == "safety"]
+    assert not [b for b in backups if str(b.get("key") or "").startswith("pgops-e2e-drill/")]
+
+
+def test_drill_host_restore_tested_the_database_hosts_target(drill: Any) -> None:
+    prom = drill.file("/var/lib/pgops/metrics/pgops.prom").content_string
+    samples = {
+        (s.name, s.labels["target"], s.labels["database"]): s.value
+        for family in text_string_to_metric_families(prom)
+        for s in family.samples
+    }
+    for database in ("appdb", TRICKY_DB):
+        assert samples[("pgops_restore_test_last_attempt_success", DB, database)] == 1
+        assert samples[("pgops_restore_test_duration_seconds", DB, database)] > 0
+    assert not [k for k in samples if k[0].startswith("pgops_backup_")]  # it takes no backups
