@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import subprocess
 import time
 
 from pgops.errors import ExitCode
 from tests.fixtures.engine import PGOPS, Engine, _child_env
 from tests.fixtures.pg import Cluster
+from tests.fixtures.terminal import on_terminal
 
 
 def _small(pg: Cluster) -> str:
@@ -40,21 +40,9 @@ def test_restore_shows_progress_bar_on_terminal_and_log_lines_otherwise(engine: 
 
 def _on_terminal(engine: Engine, args: list[str]) -> str:
     """pgops ARGS with stderr on a pseudo-terminal (as `compose exec` or ssh -t gives it): what it shows."""
-    primary, replica = pty.openpty()
-    proc = subprocess.Popen([*PGOPS, *args], env=_child_env(engine.env), stderr=replica, stdout=subprocess.DEVNULL)
-    os.close(replica)
-    chunks = []
-    while True:
-        try:
-            data = os.read(primary, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(primary)
-    assert proc.wait(timeout=120) == 0
-    return b"".join(chunks).decode()
+    code, out = on_terminal([*PGOPS, *args], _child_env(engine.env), timeout=120, stdout=False)
+    assert code == 0, out
+    return out
 
 
 def _assert_log_lines_start_lines(out: str) -> None:
