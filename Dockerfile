@@ -1,12 +1,16 @@
 # The bundle image: ansible-playbook with the pinned ansible (and the collections it bundles), pgops, and
-# this repository's playbooks, roles and inventory, so a team can converge hosts from a container.
+# this repository's playbooks, roles and inventory/example, so a team can converge hosts from a container.
 # Everything Python comes from `make wheel` (dist/bundle, dist/pgops); no package index is used.
+# A team's inventory and SSH key are mounted at run time, never built in (.dockerignore keeps them out):
 #
 #   make wheel
-#   docker build -t pgops-bundle .        # here: podman build --build-arg BASE_IMAGE=localhost/pgops-debian:12 ...
-#   docker run --rm -it -v ~/.ssh:/home/ansible/.ssh:ro pgops-bundle playbooks/site.yml -i inventory/...
-#   docker run --rm -it --entrypoint bash pgops-bundle
+#   podman build --build-arg BASE_IMAGE=localhost/pgops-debian:12 -t pgops-bundle .   # or: docker build -t pgops-bundle .
+#   podman run --rm -it -v ~/.ssh:/run/pgops/ssh:ro -v "$PWD/inventory/production:/opt/pgops-bundle/inventory/production:ro" \
+#     pgops-bundle -i inventory/production playbooks/site.yml
+#   podman run --rm -it pgops-bundle bash
 #
+# The container starts as root only to copy the mounted SSH directory to user ansible (uid 1000) with the
+# right owner and modes (compose/bundle/entrypoint.sh), then runs as ansible. docs/compose.md has the details.
 # The role postgresql_backup finds its wheelhouse at /opt/pgops-bundle/dist/pgops ({{ playbook_dir }}/../dist/pgops).
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 FROM ${BASE_IMAGE}
@@ -35,10 +39,12 @@ WORKDIR /opt/pgops-bundle
 COPY ansible.cfg ./
 COPY playbooks/ playbooks/
 COPY roles/ roles/
-COPY inventory/ inventory/
+# Only the example: .dockerignore admits nothing else of inventory/ (and no vault file, key or .env anywhere).
+COPY inventory/example/ inventory/example/
+COPY compose/bundle/entrypoint.sh /usr/local/bin/pgops-bundle-entrypoint
 
-USER ansible
+# No USER: the entrypoint starts as root to copy the mounted SSH key for user ansible, then runs as ansible.
 # The base image may set another stop signal (a systemd image: SIGRTMIN+3).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/bin/tini", "--", "ansible-playbook"]
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/pgops-bundle-entrypoint"]
 CMD ["--help"]

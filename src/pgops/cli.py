@@ -40,7 +40,10 @@ def _human(n: float) -> str:
 
 
 class Progress:
-    """A byte progress bar on a terminal; a log line every 10% (or minute) otherwise."""
+    """A byte progress bar on a terminal; a log line every 10% (or minute) otherwise.
+
+    The bar is the log stream's status line (pgops.log.status): the next log line starts on a line of its own.
+    """
 
     def __init__(self, what: str, total: int | None) -> None:
         self.what, self.total = what, total
@@ -53,10 +56,9 @@ class Progress:
         if self.tty:
             if self.total:
                 bar = "#" * (pct // 4)
-                sys.stderr.write(f"\r{self.what} [{bar:<25}] {pct:3d}% {_human(done)} / {_human(self.total)}")
+                pglog.status(f"{self.what} [{bar:<25}] {pct:3d}% {_human(done)} / {_human(self.total)}")
             else:
-                sys.stderr.write(f"\r{self.what} {_human(done)}")
-            sys.stderr.flush()
+                pglog.status(f"{self.what} {_human(done)}")
             return
         now = time.monotonic()
         if (pct >= 0 and pct // 10 > self._last_pct // 10) or now - self._last_log > 60:
@@ -64,8 +66,7 @@ class Progress:
             log.info("event=progress what=%s bytes=%d percent=%s", self.what, done, pct if pct >= 0 else "unknown")
 
     def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
+        pglog.end_status()
 
 
 def _flags(ns: argparse.Namespace) -> dict[str, str]:

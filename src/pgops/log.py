@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import re
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 _KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|\S+)')
 
@@ -45,11 +46,65 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines on a stream that may also hold one status line (the CLI's progress meter on a terminal).
+
+    The status line is redrawn in place with a carriage return and has no newline of its own; a log line
+    (or the end of the meter) first ends it, so a record never runs on into the meter's last text.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.status_open = False
+
+    def _locked(self) -> contextlib.AbstractContextManager[object]:
+        return self.lock if self.lock is not None else contextlib.nullcontext()
+
+    def status(self, text: str) -> None:
+        with self._locked():
+            self.stream.write(f"\r{text}\x1b[K")  # \x1b[K: clear what a longer earlier text left
+            self.stream.flush()
+            self.status_open = True
+
+    def end_status(self) -> None:
+        with self._locked():
+            if self.status_open:
+                self.stream.write("\n")
+                self.stream.flush()
+                self.status_open = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.end_status()  # the handler's lock is re-entrant: handle() already holds it
+        super().emit(record)
+
+
+def _line_handler() -> LineHandler | None:
+    return next((h for h in logging.getLogger("pgops").handlers if isinstance(h, LineHandler)), None)
+
+
+def status(text: str) -> None:
+    """Draw the status line (a progress meter on a terminal) on the log stream, in place."""
+    handler = _line_handler()
+    if handler is None:
+        configure()
+        handler = _line_handler()
+    assert handler is not None
+    handler.status(text)
+
+
+def end_status() -> None:
+    """End the status line with a newline, if one is drawn; the next output starts on a line of its own."""
+    handler = _line_handler()
+    if handler is not None:
+        handler.end_status()
+
+
 def configure(fmt: str = "logfmt", level: str = "info") -> None:
+    end_status()
     root = logging.getLogger("pgops")
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())

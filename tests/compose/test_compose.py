@@ -1,18 +1,23 @@
-"""The local stack (docker-compose.yml) under real podman-compose, and the bundle image (Dockerfile).
+"""docs/compose.md as a team runs it, under real podman-compose: the local stack (docker-compose.yml) and
+the bundle image (Dockerfile).
 
-One stack per module, under a unique project name, built on the local Debian 12 image: PostgreSQL with
-the demo database, the S3 and GCS emulators and two runners. Each runner's jobs run exactly as its
-/etc/cron.d/pgops has them: the command line, the user and cron's minimal environment (no PGOPS_*
-variables from the container), so the env file alone has to carry the settings. Then the backups must be
-listed as good, be in the emulators byte for byte (read from the host through the published loopback
-ports), show in the metrics file, and restore into a database that dumps identically to the source.
-The stack is torn down with its volumes whatever happens.
+Every command block of the page runs, in the page's order, and the output the page shows is checked
+(`...` in a shown line stands for any text). One stack per module, started with the page's own commands
+under a unique project name (COMPOSE_PROJECT_NAME) and free loopback ports, in an environment without
+PGOPS_BASE_IMAGE so that .env must be read: PostgreSQL with the demo database, the S3 and GCS emulators
+and two runners. Besides the page, each runner's jobs run exactly as its /etc/cron.d/pgops has them: the
+command line, the user and cron's minimal environment (no PGOPS_* variables from the container), so the
+env file alone has to carry the settings. Then the backups must be listed as good, be in the emulators
+byte for byte (read from the host through the published loopback ports), show in the metrics file, and
+restore into a database that dumps identically to the source. The stack is torn down with its volumes
+(the page's `down -v`) whatever happens.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import os
@@ -28,8 +33,10 @@ from typing import Any
 
 import pytest
 
+from pgops.manifest import iso
 from tests.fixtures.objstore import gcs_api, gcs_get_object, gcs_object_names, gcs_quote
 from tests.fixtures.pg import free_port
+from tests.fixtures.terminal import on_terminal
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -37,7 +44,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = ROOT / "molecule" / "containers.conf"
 BASE_IMAGE = "localhost/pgops-debian:12"
 PODMAN_COMPOSE = str(Path(sys.executable).parent / "podman-compose")
-BUNDLE_IMAGE = "localhost/pgops-bundle:test"
+BUNDLE_IMAGE = "localhost/pgops-bundle:latest"  # the page builds it as `pgops-bundle`
+DOC = ROOT / "docs" / "compose.md"
+OVERRIDE = ROOT / "docker-compose.override.yml"
 # The compose file's throwaway emulator values.
 BUCKET = "pgops-backups"
 PREFIX = "compose"
@@ -94,7 +103,8 @@ def wheelhouse() -> None:
     """dist/pgops, dist/objectstore and dist/bundle, rebuilt when missing or older than the sources (the
     script takes a lock and swaps each set in whole, so parallel runs and readers are safe)."""
     if wheels_are_stale():
-        check([str(ROOT / "scripts" / "build-wheels.sh")])
+        # with the venv that runs the tests (a worktree may have no .venv of its own)
+        check([str(ROOT / "scripts" / "build-wheels.sh")], {**podman_env(), "VENV": sys.prefix})
 
 
 @pytest.fixture(scope="session")
@@ -178,26 +188,144 @@ def remove_leftovers(project: str) -> None:
         run(["podman", "network", "rm", "-f", network], timeout=60)
 
 
+# ---- the page: docs/compose.md's command blocks, run as a team runs them --------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    lang: str  # "sh" for commands, "" for shown output
+    text: str
+    line: int  # where it starts in docs/compose.md
+
+    @property
+    def first(self) -> str:
+        return self.text.splitlines()[0]
+
+
+def page_blocks() -> list[Block]:
+    """The fenced blocks of docs/compose.md that start a line (the indented ones are quoted output)."""
+    text = DOC.read_text()
+    return [
+        Block(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1)
+        for m in re.finditer(r"^```(\w*)\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    ]
+
+
+def page_block(first_line_start: str) -> Block:
+    """The one command block whose text starts so."""
+    found = [b for b in page_blocks() if b.lang == "sh" and b.text.startswith(first_line_start)]
+    assert len(found) == 1, f"docs/compose.md: {len(found)} command blocks start with {first_line_start!r}"
+    return found[0]
+
+
+def shown_after(block: Block) -> Block:
+    """The output block the page shows right after a command block."""
+    blocks = page_blocks()
+    following = blocks[blocks.index(block) + 1]
+    assert following.lang == "", f"docs/compose.md:{block.line}: no output shown after the block"
+    return following
+
+
+# Command blocks of the page and how the tests run them; a new block without an entry fails the last test.
+NOT_RUN = {"make wheel                       # dist/pgops": "the wheelhouse fixture runs scripts/build-wheels.sh"}
+RUN: set[int] = set()  # lines of the blocks run so far
+
+
+def commands(block: Block) -> list[str]:
+    """The block's commands, one per logical line (continuation lines joined), without comment lines."""
+    joined = block.text.replace("\\\n", " ")
+    return [c for c in joined.splitlines() if c.strip() and not c.lstrip().startswith("#")]
+
+
+def as_run_here(text: str, ports: dict[str, int]) -> str:
+    """A command of the page as the test runs it: this checkout's venv and the stack's free ports."""
+    venv_bin = str(Path(sys.executable).parent)
+    text = text.replace(".venv/bin/", f"{venv_bin}/").replace("make wheel", ":")
+    text = text.replace("127.0.0.1:9000", f"127.0.0.1:{ports['S3']}").replace(
+        "127.0.0.1:4443", f"127.0.0.1:{ports['GCS']}"
+    )
+    return text.replace("-p 15432", f"-p {ports['PG']}")
+
+
+def run_text(
+    text: str, env: dict[str, str], cwd: Path = ROOT, stdin: str = "", timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", text],
+        env=env,
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_block(
+    block: Block, env: dict[str, str], ports: dict[str, int], cwd: Path = ROOT, *, terminal: bool = False
+) -> str:
+    """Run a command block of the page, whole, as bash -e would (on a terminal if asked); its stdout and
+    stderr, with \\r\\n as \\n."""
+    RUN.add(block.line)
+    text = as_run_here(block.text, ports)
+    if terminal:
+        code, out = on_terminal(["bash", "-euo", "pipefail", "-c", text], env, cwd, timeout=900)
+    else:
+        result = run_text(text, env, cwd)
+        code, out = result.returncode, result.stdout + result.stderr
+    out = out.replace("\r\n", "\n")
+    assert code == 0, f"docs/compose.md:{block.line} exited {code}:\n{out[-6000:]}"
+    return out
+
+
+def assert_shown(out: str, shown: Block) -> None:
+    """Each line the page shows is a whole line of the output, in the page's order; `...` stands for any text."""
+    lines = [line.rstrip("\r") for line in out.split("\n")]
+    at = 0
+    for want in shown.text.splitlines():
+        pattern = re.compile(".*".join(re.escape(part) for part in want.split("...")))
+        for i in range(at, len(lines)):
+            if pattern.fullmatch(lines[i]):
+                at = i + 1
+                break
+        else:
+            raise AssertionError(f"docs/compose.md:{shown.line}: shown line {want!r} is not a line of:\n{out[-6000:]}")
+
+
+def assert_only_harmless_errors(out: str) -> None:
+    """up and down print level=error lines on success: the page says they are about systemd's socket only."""
+    errors = [line for line in out.splitlines() if "level=error" in line]
+    assert all("/run/systemd/private" in line for line in errors), "\n".join(errors)
+
+
 @pytest.fixture(scope="module")
 def stack(wheelhouse: None, base_image: str) -> Iterator[Stack]:
+    """The stack started with the page's own commands, in a shell without PGOPS_BASE_IMAGE (so .env must
+    be read) and without a docker-compose.override.yml (the page's override step writes one)."""
+    assert not OVERRIDE.exists(), f"{OVERRIDE} of yours would change the stack under test: move it away"
     project = f"pgops-compose-test-{uuid.uuid4().hex[:8]}"
     ports = {"PG": free_port(), "S3": free_port(), "GCS": free_port()}
-    env = {
-        **podman_env(),
-        "PGOPS_BASE_IMAGE": base_image,
-        **{f"PGOPS_COMPOSE_{name}_PORT": str(port) for name, port in ports.items()},
-    }
+    env = {k: v for k, v in podman_env().items() if not k.startswith(("PGOPS_", "COMPOSE_"))}
+    env.update({f"PGOPS_COMPOSE_{name}_PORT": str(port) for name, port in ports.items()})
+    env["COMPOSE_PROJECT_NAME"] = project
     s = Stack(project, env, ports, started=0.0)
     try:
-        s.compose("build")
-        s.compose("up", "-d")
+        up = run_block(page_block("export CONTAINERS_CONF="), env, ports)
+        assert_only_harmless_errors(up)
+        # Built on the image .env names (its label), not on a registry's Debian (which cannot be pulled here).
+        image = check(["podman", "inspect", "--format", "{{.Image}}", s.container("runner")]).strip()
+        suite = check(["podman", "image", "inspect", "--format", '{{ index .Labels "pgops.suite" }}', image])
+        assert suite.strip() == "bookworm", f"the runner is not built on {base_image}"
         wait_healthy(s, ["postgres", "s3", "gcs", "runner", "runner-gcs"])
         s.started = time.time()
+        RUN.add(page_block(".venv/bin/podman-compose down -v").line)  # below, when the module is done
         yield s
     finally:
         try:
-            run([PODMAN_COMPOSE, "-p", project, "down", "-v", "-t", "10"], env, timeout=300)
+            assert_only_harmless_errors(run_block(page_block(".venv/bin/podman-compose down -v"), env, ports))
         finally:
+            OVERRIDE.unlink(missing_ok=True)
             remove_leftovers(project)
 
 
@@ -347,6 +475,61 @@ def test_runner_is_laid_out_like_the_role(stack: Stack) -> None:
         assert jobs["restore-test"].command.startswith("/opt/pgops/venv/bin/pgops verify --restore-test --env-file")
 
 
+def test_page_back_up_look_restore(stack: Stack) -> None:
+    """docs/compose.md "Back up, look, restore", in its order, on the fresh stack. On the pseudo-terminal
+    `compose exec` gives, the backup shows its progress meter, and every log line still starts a line of
+    its own (the meter used to run into the next log line: `backup 933 Bts=... event=backup_done`)."""
+    now = page_block("# a backup now")
+    out = run_block(now, stack.env, stack.ports, terminal=True)
+    assert "\rbackup " in out, "no progress meter: `compose exec` should give pgops a terminal"
+    assert_shown(out, shown_after(now))
+
+    out = run_block(page_block(".venv/bin/podman-compose exec -T -u postgres runner env -i"), stack.env, stack.ports)
+    assert "event=run_done" in out and "pgops_backup_last_attempt_success" in out, out[-3000:]
+
+    restore = page_block(".venv/bin/podman-compose exec -u postgres runner /opt/pgops/venv/bin/pgops restore")
+    out = run_block(restore, stack.env, stack.ports)
+    assert "event=restore_done database=demo" in out and "into=demo_copy" in out, out[-3000:]
+    assert_shown(out, shown_after(restore))
+    assert dump(stack, "demo") == dump(stack, "demo_copy")
+
+    out = run_block(page_block('.venv/bin/python -c "import boto3'), stack.env, stack.ports)
+    assert f"'{PREFIX}/{TARGET}/demo/" in out, out[-3000:]
+    listing, _ = json.JSONDecoder().raw_decode(out[out.index("{") :])
+    names = [item["name"] for item in listing["items"]]
+    assert any(name.startswith(f"{PREFIX}/{TARGET}/demo/") for name in names), names
+
+
+def test_page_scheduled_backup_every_minute_backs_up_restored_databases_too(stack: Stack) -> None:
+    """docs/compose.md "See a scheduled backup": its override makes cron (not a hand-run command) take a
+    backup within the minute, and that backup includes demo_copy, the database restored above. Then the
+    page's clean-up drops the copy and puts the 02:00 schedule back."""
+    block = page_block("cat >docker-compose.override.yml <<'EOF'")
+    since = dt.datetime.now(dt.UTC)
+    out = run_block(block, stack.env, stack.ports)
+    assert_shown(out, shown_after(block))
+    _, jobs = cron_file(stack, "runner")
+    assert jobs["backup"].schedule == "* * * * *"
+    listed = pgops_json(stack, "runner", "list")["backups"]
+    scheduled = {b["database"] for b in listed if b["reason"] == "scheduled" and b["started_at"] >= iso(since)}
+    assert {"demo", "demo_copy", "postgres"} <= scheduled, scheduled
+    log = stack.output("runner", "cat", "/var/log/pgops/backup.log")
+    assert "event=backup_done database=demo_copy" in log
+
+    run_block(
+        page_block("PGPASSWORD=pgops-compose-demo psql -h 127.0.0.1 -p 15432 -U postgres -d postgres"),
+        stack.env,
+        stack.ports,
+    )
+    assert not OVERRIDE.exists()
+    assert "demo_copy" not in stack.output(
+        "postgres", "psql", "-XAtc", "SELECT datname FROM pg_database", user="postgres"
+    )
+    _, jobs = cron_file(stack, "runner")
+    assert jobs["backup"].schedule == "0 2 * * *"
+    wait_healthy(stack, ["runner"])
+
+
 def test_s3_runner_backs_up_verifies_and_restores(stack: Stack) -> None:
     import boto3
 
@@ -384,29 +567,194 @@ def test_gcs_runner_backs_up_verifies_and_restores(stack: Stack) -> None:
     restore_and_compare(stack, "runner-gcs", backups["demo"], "demo_restored_gcs")
 
 
-def test_bundle_image_runs_ansible_with_the_collections_and_pgops(stack: Stack) -> None:
-    """The root Dockerfile: build it, then use it on the stack's network like a team would use it."""
-    check(["podman", "build", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", BUNDLE_IMAGE, str(ROOT)], timeout=900)
-    shell = ["podman", "run", "--rm", "--entrypoint", "bash", BUNDLE_IMAGE, "-c"]
-    assert check([*shell, "id -u"]).strip() != "0"
+def build_context_copy(dest: Path) -> None:
+    """This checkout as a team has it: every file git tracks or would track (not the ignored ones), and the
+    wheelhouse (ignored by git, but what the images install)."""
+    listed = check(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]).split("\0")
+    for name in filter(None, listed):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["cp", "-p", str(src), str(dest / name)], check=True)
+    subprocess.run(["cp", "-a", str(ROOT / "dist"), str(dest / "dist")], check=True)
+
+
+# Secrets a team keeps next to the bundle's files: none of them may reach a build context or an image.
+PLANTED = [
+    "inventory/prod/group_vars/x/vault.yml",  # a team's inventory copied into inventory/, with its vault
+    "inventory/prod/hosts.yml",
+    "inventory/example/production/group_vars/all/vault.yml",  # a vault file even inside the example
+    "inventory/example/production/deploy.key",
+    "inventory/example/production/.ssh/id_ed25519",
+    "roles/postgresql/files/server.pem",
+    "playbooks/.env",
+    ".env.local",
+    "compose/.vault_pass",
+]
+
+
+def test_bundle_context_and_image_keep_a_teams_inventory_and_secrets_out(
+    wheelhouse: None, base_image: str, tmp_path: Path
+) -> None:
+    """A copy of this checkout with a team's inventory (and a vault file, keys, an env file) planted in it:
+    the build context .dockerignore lets through holds only inventory/example's placeholders, and the bundle
+    image built from that copy has no planted file and no byte of the planted secret."""
+    ctx = tmp_path / "checkout"
+    build_context_copy(ctx)
+    secret = f"pgops-planted-secret-{uuid.uuid4().hex}"
+    for name in PLANTED:
+        (ctx / name).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / name).write_text(f"planted: {secret}\n")
+    (ctx / ".env").write_text((ROOT / ".env").read_text() + f"PGOPS_S3_SECRET_ACCESS_KEY={secret}\n")
+
+    # What the context holds: an image that copies all of it.
+    probe = tmp_path / "probe.Containerfile"
+    probe.write_text(f"FROM {base_image}\nCOPY . /context\n")
+    tag = f"localhost/pgops-context-probe:{uuid.uuid4().hex[:8]}"
+    bundle = f"localhost/pgops-bundle-probe:{uuid.uuid4().hex[:8]}"
+    try:
+        check(["podman", "build", "-q", "-f", str(probe), "-t", tag, str(ctx)], timeout=300)
+        files = check(["podman", "run", "--rm", "--entrypoint", "find", tag, "/context", "-type", "f"]).split()
+        in_context = {f.removeprefix("/context/") for f in files}
+        assert in_context, "empty build context"
+        leaked = sorted({*PLANTED, ".env"} & in_context)
+        assert not leaked, f"in the build context: {leaked}"
+        inventories = {f.split("/")[1] for f in in_context if f.startswith("inventory/")}
+        assert inventories == {"example"}, inventories
+        assert "inventory/example/production/hosts.yml" in in_context
+        assert not [f for f in in_context if "vault" in f], "a vault file is in the build context"
+        grep = run(["podman", "run", "--rm", "--entrypoint", "grep", tag, "-rl", secret, "/context"])
+        assert grep.returncode == 1, f"the planted secret is in the build context: {grep.stdout}"
+
+        # The bundle image itself, built from that copy.
+        check(["podman", "build", "-q", "--build-arg", f"BASE_IMAGE={base_image}", "-t", bundle, str(ctx)], timeout=900)
+        listing = check(["podman", "run", "--rm", bundle, "find", "/opt/pgops-bundle/inventory", "-type", "f"])
+        assert {line.split("/")[4] for line in listing.split()} == {"example"}, listing
+        for where in ("/opt", "/home", "/etc", "/tmp", "/root"):
+            grep = run(["podman", "run", "--rm", "--user", "0", "--entrypoint", "grep", bundle, "-rl", secret, where])
+            assert grep.returncode == 1, f"the planted secret is in the image under {where}: {grep.stdout}"
+    finally:
+        run(["podman", "rmi", "-f", tag, bundle], timeout=120)
+
+
+PAGE_PORTS = {"PG": 15432, "S3": 9000, "GCS": 4443}  # for the page's commands that use no port
+
+
+@pytest.fixture(scope="module")
+def bundle_image(wheelhouse: None, base_image: str) -> str:
+    """The root Dockerfile, built with the page's command (as `pgops-bundle`)."""
+    run_block(page_block("make wheel\npodman build"), podman_env(), PAGE_PORTS)
+    return BUNDLE_IMAGE
+
+
+def test_bundle_image_runs_ansible_with_the_collections_and_pgops(stack: Stack, bundle_image: str) -> None:
+    """The bundle image, used on the stack's network."""
+    shell = ["podman", "run", "--rm", BUNDLE_IMAGE, "bash", "-c"]
+    assert check([*shell, "id -un; id -u"]).split() == ["ansible", "1000"]
     assert check(["podman", "run", "--rm", BUNDLE_IMAGE, "--version"]).startswith("ansible-playbook [core 2.19.")
     collections = check([*shell, "ansible-galaxy collection list 2>/dev/null"])
     for name in ("community.postgresql", "community.crypto", "community.general", "containers.podman"):
         assert re.search(rf"^{re.escape(name)}\s+\d", collections, re.MULTILINE), name
-    assert check([*shell, "pgops --version"]).startswith("pgops ")
+    assert check(["podman", "run", "--rm", BUNDLE_IMAGE, "pgops", "--version"]).startswith("pgops ")
     assert "OpenSSH" in run([*shell, "ssh -V"]).stderr
     playbooks = sorted(p.name for p in (ROOT / "playbooks").glob("*.yml"))
     assert playbooks, "no playbooks in the image"
     for playbook in playbooks:
-        check([*shell, f"ansible-playbook --syntax-check -i localhost, playbooks/{playbook}"])
+        check(["podman", "run", "--rm", BUNDLE_IMAGE, "--syntax-check", "-i", "localhost,", f"playbooks/{playbook}"])
     # A module from a bundled collection, run from the image on the stack's network against its server.
     network = f"{stack.project}_default"
     ping = check(
         [
-            *("podman", "run", "--rm", "--network", network, "--entrypoint", "ansible", BUNDLE_IMAGE, "all"),
+            *("podman", "run", "--rm", "--network", network, BUNDLE_IMAGE, "ansible", "all"),
             *("-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=/opt/ansible/bin/python"),
             *("-m", "community.postgresql.postgresql_ping"),
             *("-a", f"login_host=postgres login_user=postgres login_password={PG_PASSWORD} login_db=demo"),
         ]
     )
     assert '"is_available": true' in ping, ping
+
+
+@contextlib.contextmanager
+def ssh_host(base_image: str, public_key: str) -> Iterator[tuple[str, str]]:
+    """A throwaway host with sshd (a systemd container of the base image) that takes `public_key` for root,
+    on podman's default network: its address and its ed25519 host key."""
+    name = f"pgops-compose-test-ssh-{uuid.uuid4().hex[:8]}"
+    check(["podman", "run", "-d", "--name", name, "--systemd=always", base_image, "/sbin/init"])
+    try:
+        install = (
+            "mkdir -p -m 700 /root/.ssh && cat >/root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys"
+        )
+        result = subprocess.run(
+            ["podman", "exec", "-i", name, "sh", "-c", install],
+            input=public_key,
+            env=podman_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + 60
+        while run(["podman", "exec", name, "systemctl", "is-active", "-q", "ssh"]).returncode != 0:
+            assert time.monotonic() < deadline, "sshd did not start"
+            time.sleep(1)
+        address = check(["podman", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", name]).strip()
+        assert address, f"{name} has no address on podman's default network"
+        host_key = check(["podman", "exec", name, "cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).split()
+        yield address, f"{host_key[0]} {host_key[1]}"
+    finally:
+        run(["podman", "rm", "-f", "-t", "0", name], timeout=120)
+
+
+def test_bundle_run_commands_of_the_page_reach_a_host_with_a_key_only_root_can_read(
+    bundle_image: str, base_image: str, tmp_path: Path
+) -> None:
+    """The page's `podman run` lines, as written, from a team's directory (its inventory/production) with
+    ~/.ssh holding a deploy key of mode 0600 owned by root and the host's known_hosts entry: uid 1000 in
+    the container could not read that key before, and the command failed."""
+    block = page_block("podman run --rm -it -v ~/.ssh:/run/pgops/ssh:ro")
+    RUN.add(block.line)
+    home, team = tmp_path / "home", tmp_path / "team"
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(parents=True, mode=0o700)
+    key = ssh_dir / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pgops-compose-test", "-f", str(key)], check=True
+    )
+    assert key.stat().st_mode & 0o777 == 0o600 and key.stat().st_uid == os.geteuid()
+    inventory = team / "inventory" / "production"
+    (inventory / "group_vars" / "all").mkdir(parents=True)
+    with ssh_host(base_image, key.with_suffix(".pub").read_text()) as (address, host_key):
+        (ssh_dir / "known_hosts").write_text(f"{address} {host_key}\n")
+        (inventory / "hosts.yml").write_text(
+            "all:\n  children:\n    pgops_postgres:\n      children:\n        pgops_db:\n          hosts:\n"
+            f"            db-test-1:\n              ansible_host: {address}\n"
+        )
+        (inventory / "group_vars" / "all" / "main.yml").write_text("ansible_user: root\n")
+        env = {**podman_env(), "HOME": str(home)}
+        ping, converge, shell = commands(block)
+        assert "ansible.builtin.ping" in ping and "playbooks/site.yml" in converge and shell.endswith("user ansible")
+
+        result = run_text(ping, env, cwd=team, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert re.search(r'db-test-1 \| SUCCESS => \{.*"ping": "pong"', result.stdout, re.DOTALL), result.stdout
+
+        vault = {"Vault password: ": "not-a-real-vault-password\n"}
+        code, out = on_terminal(["bash", "-c", f"{converge} --list-hosts"], env, team, answers=vault)
+        assert code == 0, out
+        assert re.search(r"hosts \(1\):\s+db-test-1", out), out
+
+    # No SSH needed, no ~/.ssh needed: this machine's real HOME (the test machine has no /root/.ssh).
+    code, out = on_terminal(["bash", "-c", shell], podman_env(), team, answers={"$ ": "id -un; exit\n"})
+    assert code == 0, out
+    assert "ansible" in out.split(), out
+
+
+def test_every_command_block_of_the_page_is_run() -> None:
+    """Runs last: each command block of docs/compose.md was run by a test above, or is listed in NOT_RUN."""
+    blocks = [b for b in page_blocks() if b.lang == "sh"]
+    missing = [
+        f"docs/compose.md:{b.line}: {b.first}"
+        for b in blocks
+        if b.line not in RUN and not any(b.text.startswith(k) for k in NOT_RUN)
+    ]
+    assert not missing, "command blocks no test runs:\n" + "\n".join(missing)

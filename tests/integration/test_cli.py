@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import subprocess
 import time
 
 from pgops.errors import ExitCode
 from tests.fixtures.engine import PGOPS, Engine, _child_env
 from tests.fixtures.pg import Cluster
+from tests.fixtures.terminal import on_terminal
 
 
 def _small(pg: Cluster) -> str:
@@ -29,30 +29,43 @@ def test_restore_shows_progress_bar_on_terminal_and_log_lines_otherwise(engine: 
         assert "event=progress what=restore" in plain.stderr and "percent=100" in plain.stderr
         assert "\r" not in plain.stderr
 
-        primary, replica = pty.openpty()
-        proc = subprocess.Popen(
-            [*PGOPS, "restore", "--database", db, "--target-db", "cli_tty"],
-            env=_child_env(engine.env),
-            stderr=replica,
-            stdout=subprocess.DEVNULL,
-        )
-        os.close(replica)
-        chunks = []
-        while True:
-            try:
-                data = os.read(primary, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        assert proc.wait(timeout=120) == 0
-        out = b"".join(chunks).decode()
+        out = _on_terminal(engine, ["restore", "--database", db, "--target-db", "cli_tty"])
         assert "\rrestore [" in out and "100%" in out
         assert "event=progress" not in out
+        _assert_log_lines_start_lines(out)
     finally:
         pg.drop_database("cli_plain")
         pg.drop_database("cli_tty")
+
+
+def _on_terminal(engine: Engine, args: list[str]) -> str:
+    """pgops ARGS with stderr on a pseudo-terminal (as `compose exec` or ssh -t gives it): what it shows."""
+    code, out = on_terminal([*PGOPS, *args], _child_env(engine.env), timeout=120, stdout=False)
+    assert code == 0, out
+    return out
+
+
+def _assert_log_lines_start_lines(out: str) -> None:
+    """Every log line begins a line of its own (never after the progress meter's text), and the meter's
+    last text is ended by a newline before the prompt comes back."""
+    lines = out.replace("\r\n", "\n").split("\n")  # the terminal turns each \n into \r\n
+    assert any(line.startswith("ts=") for line in lines), out
+    for line in lines:
+        assert "ts=" not in line or line.startswith("ts="), f"a log line runs on after the meter: {line!r}"
+    assert out.endswith("\n"), repr(out[-200:])
+
+
+def test_backup_progress_meter_and_log_lines_stay_on_lines_of_their_own(engine: Engine, pg: Cluster) -> None:
+    """The meter of a backup on a terminal is followed by the log line of each finished database: the
+    log line starts a new line (it used to be glued to the meter's `\rbackup 12.3 MiB`)."""
+    db = _small(pg)
+    out = _on_terminal(engine, ["backup", "--databases", db])
+    assert "\rbackup " in out, out
+    assert "event=progress" not in out
+    for line in out.replace("\r\n", "\n").split("\n"):
+        if "event=backup_done" in line:
+            assert line.startswith("ts="), f"log line after the meter: {line!r}"
+    _assert_log_lines_start_lines(out)
 
 
 def test_json_logs_are_one_object_per_line(engine: Engine, pg: Cluster) -> None:
