@@ -98,14 +98,19 @@ def test_the_schedules_are_the_examples(db1: Any, drill: Any) -> None:
 
 
 def test_the_drill_hosts_scheduled_restore_test_restores_the_servers_backups(drill: Any) -> None:
-    """Depends on wt-drills (postgresql_backup_restore_test_targets): cron's restore_test job on the drill host
-    must restore db-prod-1's and db-prod-2's backups with the identity, not check sha256 only."""
+    """cron's restore_test job on the drill host (postgresql_backup_restore_test_targets) restores db-prod-1's
+    and db-prod-2's backups with the identity, not a sha256 check, and records it in each target."""
     job = drill.run("/usr/local/share/run-cron-job.sh /etc/cron.d/pgops restore_test")
     assert job.rc == 0, job.stderr
     log = drill.file("/var/log/pgops/restore-test.log").content_string
     assert "verify_without_key" not in log
+    restored = set(re.findall(r"event=verify_ok id=(\S+) database=appdb mode=restore ", log))
     for target in ("db-prod-1", "db-prod-2"):
-        assert re.search(rf"mode=restore.*{target}|{target}.*mode=restore", log), log[-2000:]
+        keys = stored_keys(target)
+        # The log names each backup by id; the ids are the target's own (<target>/appdb/<id>/...).
+        ids = {k.split("/")[3] for k in keys if k.split("/")[2] == "appdb"}
+        assert restored & ids, (target, sorted(ids), log[-2000:])
+        assert any(k.startswith(f"pgops/{target}/appdb/") and k.endswith("-restore.json") for k in keys), keys
 
 
 def test_a_second_drill_on_the_same_host_passes(drill: Any) -> None:
