@@ -20,9 +20,16 @@ def _assert_that(task_name: str) -> str:
     return that
 
 
+def _role_vars(role: Path = ROLE) -> dict[str, object]:
+    loaded: dict[str, object] = yaml.safe_load((role / "vars" / "main.yml").read_text())
+    return loaded
+
+
 def test_target_name_rule_is_the_engines() -> None:
-    that = _assert_that("Refuse a target name that cannot be a store prefix")
-    (pattern,) = re.findall(r"is match\('(.+)'\)", that)
+    # Both the role's target checks (postgresql_backup_target, postgresql_backup_restore_test_targets) use it.
+    assert "match(__postgresql_backup_target_re)" in _assert_that("Refuse a target name that cannot be a store prefix")
+    pattern = _role_vars()["__postgresql_backup_target_re"]
+    assert isinstance(pattern, str)
     assert pattern == _NAME_RE.pattern
     for name in ("a", "pg-prod-1", "db_2.example", "x" * 63, "x" * 64, "-lead", "has space", ""):
         assert bool(re.match(pattern, name)) == bool(_NAME_RE.match(name)), name
@@ -41,3 +48,9 @@ def test_secret_keys_are_the_engines() -> None:
     for spec in SPECS:
         if spec.secret:
             assert spec.key in specs["postgresql_backup_secrets"]["description"], spec.key
+
+
+def test_both_roles_refuse_the_same_placeholders() -> None:
+    # The two roles cannot share a variable; each keeps the list, and this keeps them one list.
+    server = _role_vars(ROLE.parent / "postgresql")["__postgresql_placeholder_secrets"]
+    assert server == _role_vars()["__postgresql_backup_placeholder_secrets"]
