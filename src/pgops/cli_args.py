@@ -255,12 +255,20 @@ def _add_physical(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         formatter_class=fmt,
     )
     _physical_common(pr)
-    pr.add_argument("--to", help="latest (default: the end of the archived WAL) or immediate (the end of the backup)")
-    pr.add_argument("--to-time", help="ISO 8601 time with a zone: every transaction committed up to it")
-    pr.add_argument("--to-lsn", help="a WAL position like 0/3000060")
-    pr.add_argument("--to-name", help="a restore point made with pg_create_restore_point")
-    pr.add_argument("--set", dest="backup_set", help="backup label to restore from (default: pgBackRest chooses)")
-    pr.add_argument("--pgdata", help="data directory (default: pg1-path of the stanza in the pgBackRest config)")
+    pr.add_argument(
+        "--to",
+        metavar="{latest,immediate}",
+        help="latest (default: the end of the archived WAL) or immediate (the end of the backup)",
+    )
+    pr.add_argument("--to-time", metavar="TIME", help="ISO 8601 time with a zone: every transaction committed up to it")
+    pr.add_argument("--to-lsn", metavar="LSN", help="a WAL position like 0/3000060")
+    pr.add_argument("--to-name", metavar="NAME", help="a restore point made with pg_create_restore_point")
+    pr.add_argument(
+        "--set", dest="backup_set", metavar="LABEL", help="backup label to restore from (default: pgBackRest chooses)"
+    )
+    pr.add_argument(
+        "--pgdata", metavar="DIR", help="data directory (default: pg1-path of the stanza in the pgBackRest config)"
+    )
     pr.add_argument(
         "--replace",
         action="store_true",
@@ -271,12 +279,18 @@ def _add_physical(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         action="store_true",
         help="a test restore: the restored server never archives into the repository (--archive-mode=off)",
     )
-    pr.add_argument("--state-dir", default=None, help="where the restore's state file lives (default /var/lib/pgops)")
+    pr.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the restore's state file lives (default /var/lib/pgops/state, writable by postgres)",
+    )
     pr.add_argument(
         "--finish",
         action="store_true",
         help="after the server was started: wait until it is promoted, check it, record the RTO",
     )
-    pr.add_argument("--timeout", type=float, default=600.0, help="with --finish: seconds to wait (default 600)")
+    pr.add_argument(
+        "--timeout", type=float, default=600.0, metavar="SECONDS", help="with --finish: seconds to wait (default 600)"
+    )
     pr.add_argument("--pg-conninfo", dest="PGOPS_PG_CONNINFO", help="with --finish: the restored server")
     pr.add_argument("--json", action="store_true", help="print the result as JSON on stdout")

@@ -32,12 +32,12 @@ from pgops.lock import target_lock
 from pgops.log import q
 from pgops.manifest import iso, utcnow
 from pgops.pg import PgConn
-from pgops.physical_run import lock_name, require_stanza, run_pgbackrest
+from pgops.physical_run import lock_name, require_not_root, require_stanza, run_pgbackrest
 from pgops.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR = "/var/lib/pgops"
+DEFAULT_STATE_DIR = "/var/lib/pgops/state"  # owned by the postgres user, like the metrics directory
 STATE_FILE = "physical-restore.json"
 TO_CHOICES = ("latest", "immediate")
 NOTHING_CHANGED = "nothing was changed"
@@ -233,6 +233,7 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
 def run_physical_restore(settings: Settings, req: PhysicalRestoreRequest) -> dict[str, Any]:
     """Check, restore with pgBackRest, record the state for --finish. Returns the recorded state."""
     stanza = require_stanza(settings)
+    require_not_root("physical-restore")
     check_set_label(req.backup_set)
     pgdata = Path(req.pgdata or configured_pgdata(settings.pgbackrest_config, stanza))
     _check_state_dir(req.state_dir)

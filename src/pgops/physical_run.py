@@ -48,6 +48,17 @@ def require_stanza(settings: Settings) -> str:
     return settings.pgbackrest_stanza
 
 
+def require_not_root(command: str) -> None:
+    """pgBackRest must run as the user that owns the data directory and the repository. Run as root, it
+    leaves root-owned files in a posix repository and its lock directory, which then break the postgres
+    user's own archive-push and backups."""
+    if os.geteuid() == 0:
+        raise ConfigError(
+            f"pgops {command} runs pgBackRest and must run as the postgres user, not root: "
+            f"runuser -u postgres -- pgops {command} ...; nothing was done"
+        )
+
+
 def lock_name(stanza: str) -> str:
     """Physical runs of one stanza lock each other out, and nothing else ('@' is in no target's name)."""
     return f"pgbackrest@{stanza}"
@@ -148,10 +159,12 @@ class PhysicalBackupResult:
 
 
 def run_physical_backup(settings: Settings, backup_type: str) -> PhysicalBackupResult:
-    """One scheduled physical backup. On a server in recovery (a standby): one log line, nothing run."""
+    """One scheduled physical backup, run as postgres. On a server in recovery (a standby): one log line,
+    nothing run."""
     if backup_type not in BACKUP_TYPES:
         raise ConfigError(f"--type={backup_type!r} is not valid; valid values: {', '.join(BACKUP_TYPES)}")
     stanza = require_stanza(settings)
+    require_not_root("physical-backup")
     started = time.time()
     if in_recovery(settings):
         log.info("event=physical_backup_skipped reason=in_recovery stanza=%s type=%s", q(stanza), backup_type)

@@ -55,7 +55,7 @@ PHYSICAL_COMMANDS = [
     "  unless `--replace` (pgBackRest `--delta`; a stale `postmaster.pid` of a dead server is removed).",
     "  `--drill` passes `--archive-mode=off`: the restored server never archives into the repository. It",
     "  records the start time, target and backup set in `<state-dir>/physical-restore.json` (default",
-    "  `/var/lib/pgops`).",
+    "  `/var/lib/pgops/state`, which the postgres user must be able to write).",
     "- `pgops physical-restore --finish [--timeout 600]`, after PostgreSQL was started on the restored",
     "  directory: waits until `PGOPS_PG_CONNINFO` accepts connections and is promoted (exit 5 on timeout, the",
     "  state file is kept), checks every database answers, logs `event=physical_restore_done rto_seconds=...`,",

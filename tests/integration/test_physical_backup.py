@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from pgops.errors import ExitCode
+from tests.fixtures.engine import run_pgops
 from tests.fixtures.pg import Cluster
 from tests.fixtures.pgbackrest_run import PgopsAsPostgres, Repo, pgops_env, standby_of
 
@@ -108,3 +109,13 @@ def test_sigterm_reaches_pgbackrest_and_leaves_nothing_running(pgops_pg: PgopsAs
     assert pgbr_repo.backups() == [], "the stopped backup must not count as one"
     again = pgops_pg.run(["physical-backup", "--type", "full"])
     assert again.returncode == 0, again.stderr
+
+
+def test_as_root_it_refuses_before_running_anything(pgops_pg: PgopsAsPostgres, pgbr_repo: Repo) -> None:
+    """Run as root, pgBackRest would leave root-owned files in the repository and its lock directory."""
+    for args in (["physical-backup", "--type", "full"], ["physical-restore", "--pgdata", "/nonexistent/x"]):
+        result = run_pgops(args, pgops_pg.env)
+        assert result.returncode == ExitCode.CONFIG, result.stderr
+        assert "must run as the postgres user, not root" in result.stderr
+    assert pgbr_repo.backups() == []
+    assert not Path("/nonexistent").exists()
