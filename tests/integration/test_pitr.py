@@ -296,3 +296,62 @@ def test_refusals_change_nothing(pgops_pg: PgopsAsPostgres, pgbr_repo: Repo, pgb
     assert not state.exists()
     finish = pgops_pg.run(["physical-restore", "--finish", "--state-dir", str(state_dir)])
     assert finish.returncode == ExitCode.CONFIG and "no physical restore to finish" in finish.stderr
+
+
+def _switch_and_wait_archived(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        (segment,) = c.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone() or ("",)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            (last,) = c.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone() or (None,)
+            if last is not None and last >= segment:
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"segment {segment} was not archived within 30 s")
+
+
+def test_restore_point_lsn_and_immediate_targets(
+    pgops_pg: PgopsAsPostgres, pgbr_repo: Repo, pgbr_primary: Cluster
+) -> None:
+    """The other targets, each onto the same scratch directory (--replace after the first): a named restore
+    point (the "undo the migration" of backup.yml), an LSN, and the end of the backup (immediate)."""
+    primary = pgbr_primary
+    primary.execute("postgres", "CREATE TABLE step (name text PRIMARY KEY)")
+    primary.execute("postgres", "INSERT INTO step VALUES ('in-backup')")
+    assert pgops_pg.run(["physical-backup", "--type", "full"]).returncode == 0
+    primary.execute("postgres", "INSERT INTO step VALUES ('before-migration')")
+    primary.execute("postgres", "SELECT pg_create_restore_point('before-migration')")
+    primary.execute("postgres", "INSERT INTO step VALUES ('lsn-included')")
+    ((lsn,),) = primary.execute("postgres", "SELECT pg_current_wal_insert_lsn()::text")
+    primary.execute("postgres", "INSERT INTO step VALUES ('after-all-targets')")
+    _switch_and_wait_archived(primary.dsn("postgres"))
+
+    root = postgres_dir("pgops-targets-")
+    data, port = root / "data", free_port()
+    conf = pgbr_repo.host_conf(pgbr_repo.root / "scratch.conf", data, root, port)
+    state_dir = str(_state(pgops_pg))
+    dsn = f"host={root} port={port} user=postgres dbname=postgres"
+    expected = {
+        ("--to-name", "before-migration"): {"in-backup", "before-migration"},
+        ("--to-lsn", lsn): {"in-backup", "before-migration", "lsn-included"},
+        ("--to", "immediate"): {"in-backup"},
+    }
+    try:
+        for i, ((option, value), steps) in enumerate(expected.items()):
+            args = ["physical-restore", option, value, "--drill", "--state-dir", state_dir]
+            restore = pgops_pg.run(args + (["--replace"] if i else []), extra={"PGOPS_PGBACKREST_CONFIG": str(conf)})
+            assert restore.returncode == 0, (option, restore.stderr)
+            _start_as_new_host(data, port, root, archive_command(pgbr_repo, conf))
+            finish = pgops_pg.run(
+                ["physical-restore", "--finish", "--timeout", "120", "--state-dir", state_dir],
+                extra={"PGOPS_PG_CONNINFO": dsn.removesuffix(" dbname=postgres")},
+            )
+            assert finish.returncode == 0, (option, finish.stderr)
+            with psycopg.connect(dsn, autocommit=True) as c:
+                got = {r[0] for r in c.execute("SELECT name FROM step").fetchall()}
+                assert c.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+            assert got == steps, (option, value, got)
+            pg_ctl(data, "-m", "fast", "stop")
+    finally:
+        pg_ctl(data, "-m", "immediate", "stop", check=False)
+        shutil.rmtree(root, ignore_errors=True)
