@@ -33,6 +33,7 @@ BACKUP_TYPES = ("full", "diff", "incr")
 _CONSOLE_RE = re.compile(r"^(?:\S+ \S+ )?P\d+\s+([A-Z]+):\s?(.*)$")
 _LEVELS = {"ERROR": logging.ERROR, "WARN": logging.WARNING, "INFO": logging.INFO}
 _KEEP_ERRORS = 5
+_KEEP_LINES = 1000
 
 
 class PgBackRestError(PostgresError):
@@ -69,14 +70,17 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PGOPS_")}
 
 
-def pgbackrest_argv(settings: Settings, command: str, options: Sequence[str] = ()) -> list[str]:
+def pgbackrest_argv(
+    settings: Settings, command: str, options: Sequence[str] = (), *, logs: tuple[str, str] = ("info", "off")
+) -> list[str]:
+    """By default every console line goes to stdout, in order, to be relayed; nothing to stderr."""
+    console, stderr = logs
     return [
         PGBACKREST,
         f"--config={settings.pgbackrest_config}",
         f"--stanza={require_stanza(settings)}",
-        # every console line on stdout, in order, relayed below; nothing on stderr to interleave
-        "--log-level-console=info",
-        "--log-level-stderr=off",
+        f"--log-level-console={console}",
+        f"--log-level-stderr={stderr}",
         *options,
         command,
     ]
@@ -84,8 +88,9 @@ def pgbackrest_argv(settings: Settings, command: str, options: Sequence[str] = (
 
 @dataclasses.dataclass
 class RunOutput:
-    lines: list[str] = dataclasses.field(default_factory=list)
-    errors: list[str] = dataclasses.field(default_factory=list)
+    lines: list[str] = dataclasses.field(default_factory=list)  # the first _KEEP_LINES console lines
+    errors: list[str] = dataclasses.field(default_factory=list)  # the first ERROR messages, HINTs joined
+    level: str = "INFO"  # of the last prefixed line: continuation lines ("       HINT: ...") inherit it
 
 
 def run_pgbackrest(settings: Settings, command: str, options: Sequence[str] = ()) -> RunOutput:
@@ -115,13 +120,22 @@ def run_pgbackrest(settings: Settings, command: str, options: Sequence[str] = ()
 def _relay(command: str, line: str, out: RunOutput) -> None:
     if not line.strip():
         return
-    out.lines.append(line)
+    if len(out.lines) < _KEEP_LINES:
+        out.lines.append(line)
     m = _CONSOLE_RE.match(line)
-    level_name, text = (m.group(1), m.group(2)) if m else ("INFO", line)
-    level = _LEVELS.get(level_name, logging.DEBUG)
-    if level == logging.ERROR and len(out.errors) < _KEEP_ERRORS:
-        out.errors.append(text.strip())
-    log.log(level, "event=pgbackrest command=%s level=%s line=%s", command, level_name.lower(), q(text))
+    continued = m is None and line[:1].isspace()
+    if m is not None:
+        out.level = m.group(1)
+    text = m.group(2) if m is not None else line.strip()
+    level = _LEVELS.get(out.level, logging.DEBUG) if m is not None or continued else logging.INFO
+    if level == logging.ERROR:
+        if continued and out.errors:
+            out.errors[-1] += " " + text
+        elif len(out.errors) < _KEEP_ERRORS:
+            out.errors.append(text.strip())
+    log.log(
+        level, "event=pgbackrest command=%s level=%s line=%s", command, logging.getLevelName(level).lower(), q(text)
+    )
 
 
 def in_recovery(settings: Settings) -> bool:
@@ -132,7 +146,7 @@ def in_recovery(settings: Settings) -> bool:
 
 def newest_backup(settings: Settings) -> dict[str, Any] | None:
     """The newest backup of the stanza from `pgbackrest info --output=json` (None if it cannot be read)."""
-    argv = pgbackrest_argv(settings, "info", ["--output=json"])
+    argv = pgbackrest_argv(settings, "info", ["--output=json"], logs=("off", "error"))  # stdout: the JSON only
     result = subprocess.run(argv, env=child_env(), capture_output=True, check=False, timeout=120)
     if result.returncode != 0:
         return None

@@ -68,12 +68,19 @@ def test_without_a_stanza_it_fails_clearly(pgops_pg: PgopsAsPostgres, pgbr_repo:
     assert pgbr_repo.backups() == []
 
 
-def test_a_pgbackrest_failure_is_exit_5_with_its_error(pgops_pg: PgopsAsPostgres, pgbr_repo: Repo) -> None:
-    result = pgops_pg.run(["physical-backup", "--type", "full"], extra={"PGOPS_PGBACKREST_STANZA": "no-such-stanza"})
+def test_a_pgbackrest_failure_is_exit_5_with_its_error(
+    pgops_pg: PgopsAsPostgres, pgbr_repo: Repo, pgbr_primary: Cluster
+) -> None:
+    # a stanza in the config file that was never created in the repository
+    with pgbr_repo.conf.open("a") as f:
+        f.write(f"\n[never-created]\npg1-path={pgbr_primary.data}\npg1-socket-path={pgbr_primary.sockdir}\n")
+        f.write(f"pg1-port={pgbr_primary.port}\n")
+    result = pgops_pg.run(["physical-backup", "--type", "full"], extra={"PGOPS_PGBACKREST_STANZA": "never-created"})
     assert result.returncode == ExitCode.POSTGRES, result.stderr
+    relayed = [line for line in _events(result.stderr, "pgbackrest") if "level=error" in line]
+    assert relayed, f"pgBackRest's ERROR line is relayed at level error: {result.stderr}"
     (line,) = _events(result.stderr, "failed")
-    assert "pgbackrest backup exited" in line and "ERROR" not in line.split("error=")[0]
-    assert "no-such-stanza" in line or "pg1-path" in line, line
+    assert "pgbackrest backup exited" in line and "never-created" in line, line
     prom = (Path(pgops_pg.env["PGOPS_METRICS_DIR"]) / "pgops.prom").read_text()
     assert 'pgops_physical_backup_last_attempt_success{database="@pgbackrest/full",target="testhost"} 0.0' in prom
 
