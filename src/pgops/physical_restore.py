@@ -274,6 +274,8 @@ def run_physical_restore(settings: Settings, req: PhysicalRestoreRequest) -> dic
             "set": chosen,
             "drill": req.drill,
         }
+        if state_path(req.state_dir).exists():
+            log.warning("event=physical_restore_state_replaced path=%s", q(state_path(req.state_dir)))
         _write_state(state_path(req.state_dir), state)
     log.info(
         "event=physical_restore_restored set=%s seconds=%.1f next=%s",

@@ -188,6 +188,10 @@ def test_pitr_to_a_time_then_to_latest_after_losing_the_primary(
     assert (archiver["last_archived_wal"] or "").startswith("00000002"), archiver
     new_files = pgbr_repo.archive_files() - archive_before
     assert any(f.endswith("/00000002.history") for f in new_files), sorted(new_files)
+    # and the restored primary goes on with its schedule: a differential on top of the same full
+    diff = pgops_pg.run(["physical-backup", "--type", "diff"])
+    assert diff.returncode == 0, diff.stderr
+    assert [b["type"] for b in pgbr_repo.backups()] == ["full", "diff"]
 
     prom = (Path(pgops_pg.env["PGOPS_METRICS_DIR"]) / "pgops.prom").read_text()
     for kind in ("drill", "restore"):
