@@ -23,7 +23,7 @@ from pgops import log as pglog
 from pgops import metrics
 from pgops.catalog import GOOD, STATES, Backup, Catalog
 from pgops.cli_args import build_parser
-from pgops.cli_physical import cmd_physical_backup, cmd_physical_restore
+from pgops.cli_physical import cmd_physical_backup, cmd_physical_restore, cmd_restore_point
 from pgops.cluster import identity_of
 from pgops.errors import ConfigError, ExitCode, IntegrityError, Interrupted, MissingIdentity, PgOpsError
 from pgops.manifest import iso, parse_time
@@ -438,6 +438,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], ExitCode]] = {
     "leftovers": cmd_leftovers,
     "physical-backup": cmd_physical_backup,
     "physical-restore": cmd_physical_restore,
+    "restore-point": cmd_restore_point,
 }
 HEARTBEAT_COMMANDS = frozenset({"backup", "verify", "retention", "physical-backup"})
 

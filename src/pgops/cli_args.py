@@ -294,3 +294,20 @@ def _add_physical(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     )
     pr.add_argument("--pg-conninfo", dest="PGOPS_PG_CONNINFO", help="with --finish: the restored server")
     pr.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    rp = sub.add_parser(
+        "restore-point",
+        help="a named restore point on the primary, archived before it returns (undo a migration by PITR to it)",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _common(rp)
+    rp.add_argument("--name", help="restore point name (default pgops-<reason>-<UTC time>); 1-63 of A-Za-z0-9._:-")
+    rp.add_argument(
+        "--reason", type=_reason, default="pre-migration", help="goes into the default name (default pre-migration)"
+    )
+    rp.add_argument(
+        "--timeout", type=float, default=120.0, metavar="SECONDS", help="seconds to wait for the archive (default 120)"
+    )
+    rp.add_argument("--pg-conninfo", dest="PGOPS_PG_CONNINFO", help="the primary (local socket)")
+    rp.add_argument("--json", action="store_true", help="print the restore point as JSON on stdout")

@@ -1,4 +1,4 @@
-"""The physical commands of the CLI: `pgops physical-backup` and `pgops physical-restore` (pgBackRest).
+"""The physical commands of the CLI: `pgops physical-backup`, `physical-restore` (pgBackRest), `restore-point`.
 
 Thin like cli.py: arguments to a library call (physical_run.py, physical_restore.py), the outcome to the
 metrics and stdout. Exceptions propagate to cli.py, which alone maps them to exit codes.
@@ -91,5 +91,15 @@ def cmd_physical_restore(settings: Settings, ns: argparse.Namespace) -> ExitCode
         doc = run_physical_restore(settings, req)
     if ns.json:
         json.dump(doc, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    return ExitCode.OK
+
+
+def cmd_restore_point(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    from pgops.restore_point import create_restore_point
+
+    point = create_restore_point(settings, name=ns.name, reason=ns.reason, timeout=ns.timeout)
+    if ns.json:
+        json.dump(point.to_json(), sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
     return ExitCode.OK

@@ -61,6 +61,13 @@ PHYSICAL_COMMANDS = [
     "  state file is kept), checks every database answers, logs `event=physical_restore_done rto_seconds=...`,",
     "  writes `pgops_physical_restore_last_rto_seconds` and `..._last_success_timestamp_seconds` with",
     '  `database="@pgbackrest/restore"` or `"@pgbackrest/drill"`, and removes the state file.',
+    "- `pgops restore-point [--name NAME] [--reason pre-migration] [--timeout 120]`, on the primary: creates a",
+    "  named restore point (`pg_create_restore_point`), switches to a new WAL segment and waits until the",
+    "  server has archived the segment that holds it, so `physical-restore --to-name NAME` can reach it at once.",
+    "  The name defaults to `pgops-<reason>-<UTC time>` (recovery stops at the first restore point of a name, so",
+    "  names must be unique). It refuses (exit 2, nothing done) a replica or a server with `archive_mode` off, and",
+    "  exits 5 when the segment is not archived within the timeout (the restore point exists but is not usable",
+    "  yet). `--json` prints the name, LSN, server time and WAL file. `playbooks/backup.yml` makes one.",
 ]
 
 
