@@ -14,6 +14,8 @@ import pytest
 
 from pgops.errors import PgbackrestError
 from pgops.pgbackrest import log_path, parse_dropped, parse_info
+from pgops.physical import judge
+from pgops.settings import Settings, build_settings
 from pgops.wal_archive import ArchiverState, lsn_text, segment_end
 
 SEG = 16 * 1024 * 1024
@@ -181,3 +183,45 @@ def test_log_path_from_the_most_specific_section(tmp_path: Path) -> None:
     assert log_path(str(conf), "main") == Path("/var/log/b")
     assert log_path(str(conf), "other") == Path("/var/log/a")
     assert log_path(str(tmp_path / "missing.conf"), "main") == Path("/var/log/pgbackrest")
+
+
+def _settings(**env: str) -> Settings:
+    return build_settings(environ={"PGOPS_PGBACKREST_STANZA": "main", **{f"PGOPS_{k}": v for k, v in env.items()}})
+
+
+NOW = dt.datetime.fromtimestamp(1796312822 + 60, dt.UTC)  # a minute after DIFF
+
+
+def test_judge_green_then_each_cause_is_one_line() -> None:
+    info = parse_info(json.dumps([_stanza()]), "main")
+    healthy = _state(now=NOW, last_archived_time=NOW)
+    assert judge(_settings(), info, healthy, [], NOW) == []
+
+    assert judge(_settings(), info, _state(now=NOW, archive_mode="off"), [], NOW) == [
+        "archive_mode is off on this primary: no WAL reaches stanza main"
+    ]
+    assert judge(_settings(), info, _state(now=NOW, last_archived_time=NOW, archive_command="/bin/true"), [], NOW) == [
+        "archive_command does not call pgbackrest"
+    ]
+    slow = _state(now=NOW, current_lsn=5 * SEG, last_archived_time=NOW - dt.timedelta(seconds=482))
+    assert judge(_settings(RPO_MAX_SECONDS="300"), info, slow, [], NOW) == [
+        f"current RPO is 482s ({SEG} bytes not archived), more than PGOPS_RPO_MAX_SECONDS=300"
+    ]
+    assert judge(_settings(RPO_MAX_SECONDS="0"), info, slow, [], NOW) == []  # 0: the check is off
+    old = judge(_settings(PHYSICAL_MAX_AGE="30s", PHYSICAL_FULL_MAX_AGE="30s"), info, healthy, [], NOW)
+    assert old == [
+        f"newest physical backup {DIFF['label']} is 60s old, older than PGOPS_PHYSICAL_MAX_AGE=30s",
+        f"newest full physical backup {FULL['label']} is 95s old, older than PGOPS_PHYSICAL_FULL_MAX_AGE=30s",
+    ]
+    assert judge(_settings(PHYSICAL_MAX_AGE="0", PHYSICAL_FULL_MAX_AGE="0"), info, healthy, [], NOW) == []
+    drops = parse_dropped(
+        ["2026-12-03 15:55:19.170 P00   WARN: dropped WAL file 'X1' because archive queue exceeded 1MB"]
+    )
+    [line] = judge(_settings(), info, healthy, drops, NOW)
+    assert line.startswith("pgBackRest dropped 1 WAL file(s)") and "(last X1)" in line
+
+
+def test_judge_without_backups_and_on_a_replica() -> None:
+    empty = parse_info(json.dumps([_stanza(2, "no valid backups", [])]), "main")
+    failing_replica = _state(now=NOW, in_recovery=True, current_lsn=None, last_failed_time=NOW, archive_mode="off")
+    assert judge(_settings(), empty, failing_replica, [], NOW) == ["no full physical backup in stanza main"]
