@@ -210,10 +210,9 @@ def cmd_status(settings: Settings, ns: argparse.Namespace) -> ExitCode:
 
     report = run_status(settings, open_storage(settings))
     if report.physical is not None:
-        from pgops.physical import metric_fields
+        from pgops.physical import record_metrics
 
-        fields = metric_fields(report.physical)
-        metrics.update(settings, lambda state: state.update({settings.pgbackrest_stanza: fields}), physical=True)
+        record_metrics(settings, report.physical)
     if ns.json:
         json.dump(report.to_json(), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

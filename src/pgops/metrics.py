@@ -172,7 +172,8 @@ def update(
     directory = Path(settings.metrics_dir)
     try:
         with _locked_state(directory) as state:
-            change(state.setdefault(PHYSICAL_PREFIX * physical + settings.target, {}))
+            key = PHYSICAL_PREFIX + settings.target if physical else settings.target
+            change(state.setdefault(key, {}))
             render(state, directory / PROM_FILE)
     except OSError as e:
         log.warning("event=metrics_write_failed dir=%s error=%r", directory, e.strerror)

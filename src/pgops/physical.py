@@ -204,6 +204,41 @@ def render_status(report: PhysicalReport, human_size: Callable[[float], str]) ->
     return "\n".join(lines) + "\n"
 
 
+# Every field metric_fields may write: a check replaces these and only these, so that what other commands keep
+# for the stanza (physical-backup's attempt gauges, say) survives a status run.
+STATUS_FIELDS = frozenset(
+    {
+        "physical_check_timestamp",
+        "physical_info_success",
+        "physical_ok",
+        "wal_dropped",
+        "in_recovery",
+        "archive_failing",
+        "archived",
+        "failed",
+        "last_archived_timestamp",
+        "rpo_seconds",
+        "rpo_bytes",
+        *(f"newest_{what}_{kind}" for what in ("timestamp", "size") for kind in BACKUP_TYPES),
+    }
+)
+
+
+def record_metrics(settings: Settings, report: PhysicalReport) -> None:
+    """Refresh the physical gauges (metrics.py) from this check. Never raises."""
+    from pgops import metrics
+
+    fields = metric_fields(report)
+
+    def change(state: dict[str, dict[str, float]]) -> None:
+        current = state.setdefault(report.stanza, {})
+        for name in STATUS_FIELDS:
+            current.pop(name, None)  # unknown now (a replica has no RPO): the gauge goes, not a stale value
+        current.update(fields)
+
+    metrics.update(settings, change, physical=True)
+
+
 def metric_fields(report: PhysicalReport) -> dict[str, float]:
     """The values behind the physical gauges of metrics.py (fields absent when unknown)."""
     fields: dict[str, float] = {

@@ -225,3 +225,34 @@ def test_judge_without_backups_and_on_a_replica() -> None:
     empty = parse_info(json.dumps([_stanza(2, "no valid backups", [])]), "main")
     failing_replica = _state(now=NOW, in_recovery=True, current_lsn=None, last_failed_time=NOW, archive_mode="off")
     assert judge(_settings(), empty, failing_replica, [], NOW) == ["no full physical backup in stanza main"]
+
+
+def test_status_owns_every_physical_gauge_field_it_writes() -> None:
+    from pgops import metrics
+    from pgops.physical import STATUS_FIELDS, PhysicalReport, metric_fields
+
+    info = parse_info(json.dumps([_stanza(backups=[FULL, DIFF, dict(DIFF, type="incr", label="x")])]), "main")
+    report = PhysicalReport("main", info, None, _state(current_lsn=5 * SEG), None, (), (), NOW)
+    written = set(metric_fields(report))
+    assert written == STATUS_FIELDS
+    gauge_fields = {f for _, f in metrics.PHYSICAL_GAUGES.values()}
+    typed = {f"{p}_{k}" for _, p in metrics.PHYSICAL_TYPED_GAUGES.values() for k in metrics.PHYSICAL_TYPES}
+    assert written == gauge_fields | typed  # every field has its gauge, every gauge its field
+
+
+def test_a_check_replaces_its_own_fields_and_keeps_the_others(tmp_path: Path) -> None:
+    from pgops import metrics
+    from pgops.physical import PhysicalReport, record_metrics
+
+    settings = _settings(METRICS_DIR=str(tmp_path), TARGET="db1")
+    info = parse_info(json.dumps([_stanza()]), "main")
+    primary = PhysicalReport("main", info, None, _state(current_lsn=5 * SEG), None, (), (), NOW)
+    record_metrics(settings, primary)
+    metrics.update(settings, lambda s: s["main"].update(backup_last_attempt=1.0), physical=True)  # another command's
+    replica = PhysicalReport("main", info, None, _state(in_recovery=True, current_lsn=None), None, (), (), NOW)
+    record_metrics(settings, replica)
+    state = json.loads((tmp_path / metrics.STATE_FILE).read_text())["@physical/db1"]["main"]
+    assert state["backup_last_attempt"] == 1.0 and state["in_recovery"] == 1
+    assert "rpo_seconds" not in state and "archive_failing" not in state
+    prom = (tmp_path / metrics.PROM_FILE).read_text()
+    assert 'pgops_server_in_recovery{stanza="main",target="db1"} 1.0' in prom and "pgops_rpo_seconds{" not in prom
