@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -101,11 +102,22 @@ def shared_store() -> Iterator[Pgbackrest]:
         yield br
 
 
-def test_pgops_and_pgbackrest_share_one_store_and_never_touch_each_other(shared_store: Pgbackrest) -> None:
+def _split(store: Path, repo: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(pgBackRest's files: its archive/ and backup/ trees, every other file in the store: pgops')."""
+    theirs = {f"{d}/{k}": v for d in ("archive", "backup") for k, v in file_tree(repo / d).items()}
+    prefix = str(repo.relative_to(store)) + "/"
+    ours = {k: v for k, v in file_tree(store).items() if k.removeprefix(prefix) not in theirs}
+    return theirs, ours
+
+
+# "pgbackrest" as the target puts pgops' keys right inside pgBackRest's repository prefix: still apart
+@pytest.mark.parametrize("target", ["testhost", "pgbackrest"])
+def test_pgops_and_pgbackrest_share_one_store_and_never_touch_each_other(shared_store: Pgbackrest, target: str) -> None:
     br = shared_store
     store = br.repo_path.parent
     env = {
         **pgops_env(br, store),
+        "PGOPS_TARGET": target,
         "PGOPS_KEEP_LAST": "1",
         "PGOPS_KEEP_DAILY": "0",
         "PGOPS_KEEP_WEEKLY": "0",
@@ -118,25 +130,25 @@ def test_pgops_and_pgbackrest_share_one_store_and_never_touch_each_other(shared_
     second_full = br.backup("full")
     br.switch_archived()
 
-    repo_before = file_tree(br.repo_path)
-    assert any(k.startswith("archive/main/") for k in repo_before) and any(
-        k.startswith("backup/main/") for k in repo_before
-    )
+    theirs, ours = _split(store, br.repo_path)
+    assert any(k.startswith("archive/main/") for k in theirs) and any(k.startswith("backup/main/") for k in theirs)
+    assert all(k.startswith(f"{target}/") for k in ours) and len(ours) > 4
     doc = json.loads(run_pgops(["retention", "--json"], env, check=True).stdout)
     assert doc["counts"]["deleted"] >= 2, doc["counts"]  # a real run that deleted pgops' older backups
+    assert set(doc["deleted_keys"]) <= set(ours)
     run_pgops(["verify"], env, check=True)
     code, status, _ = pgops_status(env)
     assert code == ExitCode.OK, status["physical"]["problems"]
     listed = json.loads(run_pgops(["list", "--all-targets", "--json"], env, check=True).stdout)
-    assert listed["ignored_keys"] == len(repo_before)  # every pgBackRest file seen, and left alone
-    assert file_tree(br.repo_path) == repo_before
+    assert listed["ignored_keys"] == len(theirs)  # every pgBackRest file seen, and left alone
+    assert _split(store, br.repo_path)[0] == theirs
+    br.run("check")  # pgBackRest is content with its repository
 
-    pgops_before = file_tree(store, exclude=br.repo_path)
-    assert any(k.startswith("testhost/") for k in pgops_before)
+    ours = _split(store, br.repo_path)[1]
     br.run("--repo1-retention-full=1", "expire")
     labels = [b["label"] for b in br.info()["backup"]]
     assert labels == [second_full["label"]] and first_full["label"] not in labels
-    assert file_tree(store, exclude=br.repo_path) == pgops_before
+    assert _split(store, br.repo_path)[1] == ours
     code, status, _ = pgops_status(env)
     assert code == ExitCode.OK, status["physical"]["problems"]
 
