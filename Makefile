@@ -22,6 +22,8 @@ lint: setup
 # pytest on both cores: each test module runs whole on one worker (--dist loadfile), so module fixtures (the
 # compose stack, the clusters) are built once; every test takes its own ports and directories.
 PYTEST_PARALLEL ?= -n 2 --dist loadfile
+# Molecule scenarios two at a time (each has its own containers, network and subnet; see scripts/molecule-all.sh).
+export MOLECULE_JOBS ?= 2
 
 ## The full suite: lint, unit and integration tests against real PostgreSQL, S3 and GCS APIs, then Molecule.
 test: setup lint

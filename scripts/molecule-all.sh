@@ -4,6 +4,9 @@
 # debootstrap and the project venv).
 #
 # Usage: scripts/molecule-all.sh [scenario ...]     (default: every molecule/*/molecule.yml)
+# Env:   MOLECULE_JOBS=N  run up to N scenarios at once (default 1). Each scenario has its own containers,
+#        network and subnet, so they do not meet; with N > 1 each scenario's output goes to a log file that is
+#        printed whole when it ends, longest scenarios first so that the slots finish close together.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -25,20 +28,55 @@ molecule/images/build.sh
 
 scenarios=("$@")
 if ((${#scenarios[@]} == 0)); then
-  for f in molecule/*/molecule.yml; do scenarios+=("$(basename "$(dirname "$f")")"); done
+  # Longest first (measured), then any others in name order.
+  for s in e2e pitr runbooks example postgresql; do [ -f "molecule/$s/molecule.yml" ] && scenarios+=("$s"); done
+  for f in molecule/*/molecule.yml; do
+    s=$(basename "$(dirname "$f")")
+    [[ " ${scenarios[*]} " == *" $s "* ]] || scenarios+=("$s")
+  done
 fi
+jobs=${MOLECULE_JOBS:-1}
+[[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { echo "molecule-all: MOLECULE_JOBS=$jobs; valid: a whole number >= 1" >&2; exit 2; }
 
 failed=()
-for s in "${scenarios[@]}"; do
-  echo "molecule-all: scenario $s"
-  start=$SECONDS
-  if molecule test --scenario-name "$s"; then
-    echo "molecule-all: scenario $s passed in $((SECONDS - start)) s"
-  else
-    echo "molecule-all: scenario $s FAILED after $((SECONDS - start)) s" >&2
-    failed+=("$s")
-  fi
-done
+if ((jobs == 1)); then
+  for s in "${scenarios[@]}"; do
+    echo "molecule-all: scenario $s"
+    start=$SECONDS
+    if molecule test --scenario-name "$s"; then
+      echo "molecule-all: scenario $s passed in $((SECONDS - start)) s"
+    else
+      echo "molecule-all: scenario $s FAILED after $((SECONDS - start)) s" >&2
+      failed+=("$s")
+    fi
+  done
+else
+  logs=$(mktemp -d /tmp/molecule-all.XXXXXX)
+  declare -A pids=()
+  finish_one() {  # wait for any running scenario, print its log and result
+    local pid rc=0 s
+    wait -n -p pid "${!pids[@]}" || rc=$?
+    s=${pids[$pid]}
+    unset "pids[$pid]"
+    echo "molecule-all: ---- output of scenario $s ----"
+    cat "$logs/$s.log"
+    if ((rc == 0)); then
+      echo "molecule-all: scenario $s passed in $(($(date +%s) - $(cat "$logs/$s.start"))) s"
+    else
+      echo "molecule-all: scenario $s FAILED after $(($(date +%s) - $(cat "$logs/$s.start"))) s" >&2
+      failed+=("$s")
+    fi
+  }
+  for s in "${scenarios[@]}"; do
+    while ((${#pids[@]} >= jobs)); do finish_one; done
+    echo "molecule-all: scenario $s started (up to $jobs at once)"
+    date +%s >"$logs/$s.start"
+    molecule test --scenario-name "$s" >"$logs/$s.log" 2>&1 &
+    pids[$!]=$s
+  done
+  while ((${#pids[@]} > 0)); do finish_one; done
+  rm -rf "$logs"
+fi
 
 if ((${#failed[@]})); then
   echo "molecule-all: failed scenarios: ${failed[*]}" >&2
