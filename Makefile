@@ -19,9 +19,13 @@ lint: setup
 	$(BIN)/yamllint -s .
 	@if [ -d roles ]; then $(BIN)/ansible-lint --profile production; fi
 
+# pytest on both cores: each test module runs whole on one worker (--dist loadfile), so module fixtures (the
+# compose stack, the clusters) are built once; every test takes its own ports and directories.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
+
 ## The full suite: lint, unit and integration tests against real PostgreSQL, S3 and GCS APIs, then Molecule.
 test: setup lint
-	$(BIN)/pytest tests
+	$(BIN)/pytest $(PYTEST_PARALLEL) tests
 	@if [ -x scripts/molecule-all.sh ]; then ./scripts/molecule-all.sh; fi
 
 ## Inner loop: no lint, no Molecule, no slow tests.

@@ -23,6 +23,7 @@ from pgops import log as pglog
 from pgops import metrics
 from pgops.catalog import GOOD, STATES, Backup, Catalog
 from pgops.cli_args import build_parser
+from pgops.cli_physical import cmd_physical_backup, cmd_physical_restore, cmd_restore_point
 from pgops.cluster import identity_of
 from pgops.errors import ConfigError, ExitCode, IntegrityError, Interrupted, MissingIdentity, PgOpsError
 from pgops.manifest import iso, parse_time
@@ -435,8 +436,11 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], ExitCode]] = {
     "check": cmd_check,
     "adopt": cmd_adopt,
     "leftovers": cmd_leftovers,
+    "physical-backup": cmd_physical_backup,
+    "physical-restore": cmd_physical_restore,
+    "restore-point": cmd_restore_point,
 }
-HEARTBEAT_COMMANDS = frozenset({"backup", "verify", "retention"})
+HEARTBEAT_COMMANDS = frozenset({"backup", "verify", "retention", "physical-backup"})
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_server_admin(sub, fmt)
     _add_observability(sub, fmt)
+    _add_physical(sub, fmt)
     return parser
 
 
@@ -223,3 +224,90 @@ def _add_observability(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     _common(st)
     st.add_argument("--max-age", dest="PGOPS_STATUS_MAX_AGE", help="stale threshold, like 26h (PGOPS_STATUS_MAX_AGE)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _physical_common(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--stanza", dest="PGOPS_PGBACKREST_STANZA", help="pgBackRest stanza (PGOPS_PGBACKREST_STANZA)")
+    p.add_argument(
+        "--pgbackrest-config", dest="PGOPS_PGBACKREST_CONFIG", help="pgBackRest config file (PGOPS_PGBACKREST_CONFIG)"
+    )
+
+
+def _add_physical(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """physical-backup and physical-restore: pgBackRest, driven with pgops' checks, locks, logs and metrics."""
+    pb = sub.add_parser(
+        "physical-backup",
+        help="a pgBackRest backup of this server; on a server in recovery: one log line, exit 0",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _physical_common(pb)
+    pb.add_argument("--type", required=True, choices=["full", "diff", "incr"], help="pgBackRest backup type")
+    pb.add_argument("--pg-conninfo", dest="PGOPS_PG_CONNINFO", help="server to check for recovery (local socket)")
+    pb.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    pr = sub.add_parser(
+        "physical-restore",
+        help="point-in-time restore with pgBackRest into an empty (or, with --replace, a stopped) data directory; "
+        "then start PostgreSQL and run --finish",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _physical_common(pr)
+    pr.add_argument(
+        "--to",
+        metavar="{latest,immediate}",
+        help="latest (default: the end of the archived WAL) or immediate (the end of the backup)",
+    )
+    pr.add_argument("--to-time", metavar="TIME", help="ISO 8601 time with a zone: every transaction committed up to it")
+    pr.add_argument("--to-lsn", metavar="LSN", help="a WAL position like 0/3000060")
+    pr.add_argument("--to-name", metavar="NAME", help="a restore point made with pg_create_restore_point")
+    pr.add_argument(
+        "--set", dest="backup_set", metavar="LABEL", help="backup label to restore from (default: pgBackRest chooses)"
+    )
+    pr.add_argument(
+        "--pgdata", metavar="DIR", help="data directory (default: pg1-path of the stanza in the pgBackRest config)"
+    )
+    pr.add_argument(
+        "--replace",
+        action="store_true",
+        help="restore over a non-empty data directory of a stopped server (pgBackRest --delta)",
+    )
+    pr.add_argument(
+        "--drill",
+        action="store_true",
+        help="a test restore: the restored server never archives into the repository (--archive-mode=off)",
+    )
+    pr.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the restore's state file lives (default /var/lib/pgops/state, writable by postgres)",
+    )
+    pr.add_argument(
+        "--finish",
+        action="store_true",
+        help="after the server was started: wait until it is promoted, check it, record the RTO",
+    )
+    pr.add_argument(
+        "--timeout", type=float, default=600.0, metavar="SECONDS", help="with --finish: seconds to wait (default 600)"
+    )
+    pr.add_argument("--pg-conninfo", dest="PGOPS_PG_CONNINFO", help="with --finish: the restored server")
+    pr.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    rp = sub.add_parser(
+        "restore-point",
+        help="a named restore point on the primary, archived before it returns (undo a migration by PITR to it)",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    _common(rp)
+    rp.add_argument("--name", help="restore point name (default pgops-<reason>-<UTC time>); 1-63 of A-Za-z0-9._:-")
+    rp.add_argument(
+        "--reason", type=_reason, default="pre-migration", help="goes into the default name (default pre-migration)"
+    )
+    rp.add_argument(
+        "--timeout", type=float, default=120.0, metavar="SECONDS", help="seconds to wait for the archive (default 120)"
+    )
+    rp.add_argument("--pg-conninfo", dest="PGOPS_PG_CONNINFO", help="the primary (local socket)")
+    rp.add_argument("--json", action="store_true", help="print the restore point as JSON on stdout")

@@ -56,6 +56,31 @@ GAUGES: dict[str, tuple[str, str]] = {
     "pgops_retention_kept_backups": ("Backups kept by the last retention run.", "retention_kept"),
     "pgops_retention_deleted_backups": ("Backups deleted by the last retention run.", "retention_deleted"),
     "pgops_retention_locked_backups": ("Backups retention could not delete (Object Lock).", "retention_locked"),
+    # physical (pgBackRest) runs: database="@pgbackrest/<full|diff|incr>" and "@pgbackrest/<restore|drill>"
+    "pgops_physical_backup_last_success_timestamp_seconds": (
+        "Start time of the newest successful pgops physical-backup of this type.",
+        "physical_backup_last_success",
+    ),
+    "pgops_physical_backup_last_attempt_timestamp_seconds": (
+        "Start time of the last physical-backup attempt of this type.",
+        "physical_backup_last_attempt",
+    ),
+    "pgops_physical_backup_last_attempt_success": (
+        "1 if the last physical-backup attempt of this type succeeded, else 0.",
+        "physical_backup_last_result",
+    ),
+    "pgops_physical_backup_duration_seconds": (
+        "Duration of the newest successful physical backup of this type.",
+        "physical_backup_duration",
+    ),
+    "pgops_physical_restore_last_rto_seconds": (
+        "Restore start to promoted and checked server, measured by the last physical-restore --finish.",
+        "physical_restore_rto",
+    ),
+    "pgops_physical_restore_last_success_timestamp_seconds": (
+        "Time the last physical restore (or drill) was finished and checked.",
+        "physical_restore_last_success",
+    ),
 }
 
 State = dict[str, dict[str, dict[str, float]]]  # target -> database -> field -> value

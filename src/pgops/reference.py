@@ -16,9 +16,11 @@ EXIT_MEANINGS = {
     "backups has no `PGOPS_AGE_IDENTITY_FILE`. Nothing was done.",
     ExitCode.STORAGE: "The object store failed or refused (credentials, bucket, endpoint, existing key, full spool).",
     ExitCode.INTEGRITY: "Stored bytes or a dump did not check out (checksum, size, truncated or empty dump).",
-    ExitCode.POSTGRES: "pg_dump, pg_restore, psql or the server failed (including a refused connection).",
+    ExitCode.POSTGRES: "pg_dump, pg_restore, psql, pgBackRest or the server failed (including a refused connection, "
+    "and a restored server not promoted within `physical-restore --finish --timeout`).",
     ExitCode.REFUSED: "The command would change an existing database without the flag it needs (--replace, "
-    "--with-globals), or --refuse-if-connected found sessions on the database to replace. Nothing changed.",
+    "--with-globals), --refuse-if-connected found sessions on the database to replace, or `physical-restore` found a "
+    "server running on the data directory, or the directory not empty without --replace. Nothing changed.",
     ExitCode.LOCK_HELD: "Another pgops run holds the lock for this target. Nothing was done.",
     ExitCode.PARTIAL: "Some databases were backed up and some failed (one that does not allow connections "
     "fails too); see the log lines with event=backup_failed.",
@@ -30,6 +32,43 @@ EXIT_MEANINGS = {
     "went wrong. The shell's usual status for it.",
     ExitCode.TERMINATED: "Stopped by SIGTERM. The upload was aborted and child processes reaped.",
 }
+
+
+PHYSICAL_COMMANDS = [
+    "",
+    "## Physical backups and point-in-time restore (pgBackRest)",
+    "",
+    "Both run as the `postgres` OS user with `--env-file /etc/pgops/pgops.env`, and need",
+    "`PGOPS_PGBACKREST_STANZA` (exit 2 without it). pgBackRest's console output becomes log lines",
+    "(`event=pgbackrest`); a pgBackRest failure exits 5 with its `ERROR` lines. No secret is ever passed on",
+    "pgBackRest's command line: the repository keys stay in its config file.",
+    "",
+    "- `pgops physical-backup --type full|diff|incr`: on a server in recovery (a standby) it logs one line",
+    "  (`event=physical_backup_skipped reason=in_recovery`) and exits 0. Otherwise it runs `pgbackrest backup`",
+    "  under the lock `pgops-pgbackrest@<stanza>.lock` in `PGOPS_LOCK_DIR` (a second run exits 7), and writes",
+    '  the `pgops_physical_backup_*` metrics with `database="@pgbackrest/<type>"`.',
+    "- `pgops physical-restore [--to latest|immediate | --to-time T | --to-lsn X/Y | --to-name NAME] [--set LABEL]",
+    "  [--pgdata DIR] [--replace] [--drill] [--state-dir DIR]`: `pgbackrest restore` with",
+    "  `--target-action=promote` (`latest` recovers to the end of the archived WAL and promotes by itself). The",
+    "  time needs a zone (`2026-12-03T14:05:00Z`). `--pgdata` defaults to the stanza's `pg1-path`. It refuses",
+    "  (exit 6, nothing changed) when a server runs on the data directory, and when the directory is not empty",
+    "  unless `--replace` (pgBackRest `--delta`; a stale `postmaster.pid` of a dead server is removed).",
+    "  `--drill` passes `--archive-mode=off`: the restored server never archives into the repository. It",
+    "  records the start time, target and backup set in `<state-dir>/physical-restore.json` (default",
+    "  `/var/lib/pgops/state`, which the postgres user must be able to write).",
+    "- `pgops physical-restore --finish [--timeout 600]`, after PostgreSQL was started on the restored",
+    "  directory: waits until `PGOPS_PG_CONNINFO` accepts connections and is promoted (exit 5 on timeout, the",
+    "  state file is kept), checks every database answers, logs `event=physical_restore_done rto_seconds=...`,",
+    "  writes `pgops_physical_restore_last_rto_seconds` and `..._last_success_timestamp_seconds` with",
+    '  `database="@pgbackrest/restore"` or `"@pgbackrest/drill"`, and removes the state file.',
+    "- `pgops restore-point [--name NAME] [--reason pre-migration] [--timeout 120]`, on the primary: creates a",
+    "  named restore point (`pg_create_restore_point`), switches to a new WAL segment and waits until the",
+    "  server has archived the segment that holds it, so `physical-restore --to-name NAME` can reach it at once.",
+    "  The name defaults to `pgops-<reason>-<UTC time>` (recovery stops at the first restore point of a name, so",
+    "  names must be unique). It refuses (exit 2, nothing done) a replica or a server with `archive_mode` off, and",
+    "  exits 5 when the segment is not archived within the timeout (the restore point exists but is not usable",
+    "  yet). `--json` prints the name, LSN, server time and WAL file. `playbooks/backup.yml` makes one.",
+]
 
 
 def render() -> str:
@@ -83,6 +122,7 @@ def render() -> str:
         "|---|---|---|",
     ]
     lines += [f"| {c.value} | `{c.name.lower()}` | {EXIT_MEANINGS[c]} |" for c in ExitCode]
+    lines += PHYSICAL_COMMANDS
     lines += [
         "",
         "## Logs",

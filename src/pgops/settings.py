@@ -177,6 +177,17 @@ def _duration(raw: str, key: str) -> int:
     return int(m.group(1)) * _DURATION_SECONDS[m.group(2).lower()]
 
 
+def _stanza(raw: str, key: str) -> str:
+    """Empty (no physical layer), or a pgBackRest stanza name."""
+    v = raw.strip()
+    if v and not _NAME_RE.match(v):
+        raise ConfigError(
+            f"{key}={raw!r} is not a valid stanza; valid values: empty, or 1-63 of letters, digits, '.', '_', '-' "
+            "starting with a letter or digit"
+        )
+    return v
+
+
 def _timezone(raw: str, key: str) -> str:
     import zoneinfo
 
@@ -490,6 +501,22 @@ SPECS: tuple[Spec, ...] = (
         "a run in progress is never that old.",
         "36h",
     ),
+    # --- physical backups (pgBackRest) ------------------------------------------------------------
+    Spec(
+        "PGBACKREST_STANZA",
+        _stanza,
+        "",
+        "pgBackRest stanza of this server. Empty: no physical layer. Set: pgops reports and drives pgBackRest "
+        "for it (`pgops physical-backup`, `pgops physical-restore`).",
+        "main",
+    ),
+    Spec(
+        "PGBACKREST_CONFIG",
+        _str,
+        "/etc/pgbackrest/pgbackrest.conf",
+        "pgBackRest configuration file, passed to pgbackrest as --config=.",
+        "/etc/pgbackrest/pgbackrest.conf",
+    ),
     # --- observability ----------------------------------------------------------------------------
     Spec(
         "METRICS_DIR",
@@ -579,6 +606,8 @@ class Settings:
     keep_safety: int
     retention_timezone: str
     grace_period: int
+    pgbackrest_stanza: str
+    pgbackrest_config: str
     metrics_dir: str
     heartbeat_url: Secret
     status_max_age: int

@@ -157,8 +157,8 @@ def test_drill_host_schedules_only_the_restore_test_of_the_database_host(drill: 
     assert sorted(recorded["databases"]) == ["Tricky db ☃", "appdb"]
 
 
-def test_two_drills_left_no_safety_backups_and_no_old_copies(drill: Any) -> None:
-    """verify.yml ran twice onto the same drill host: the second dropped the first's databases itself."""
+def test_the_drill_left_no_safety_backups_and_no_old_copies(drill: Any) -> None:
+    """A drill never replaces: no safety backups, no old copies (molecule/example drills twice onto one host)."""
     assert psql(drill, "SELECT datname FROM pg_database WHERE datname LIKE '%pgops_old%'").strip() == ""
     listed = run_as_postgres(
         drill, ["/opt/pgops/venv/bin/pgops", "list", "--all-targets", "--all-states", "--json", "--env-file", ENV]
