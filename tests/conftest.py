@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.pg",
     "tests.fixtures.objstore",
     "tests.fixtures.engine",
+    "tests.fixtures.pgbackrest",
     "tests.fixtures.pgbackrest_run",
 ]

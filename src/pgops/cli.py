@@ -210,6 +210,10 @@ def cmd_status(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     from pgops.storage import open_storage
 
     report = run_status(settings, open_storage(settings))
+    if report.physical is not None:
+        from pgops.physical import record_metrics
+
+        record_metrics(settings, report.physical)
     if ns.json:
         json.dump(report.to_json(), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
@@ -260,6 +264,11 @@ def cmd_list(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     owners = {
         t: [c.identity.to_json() | {"claimed_at": iso(c.at)} for c in chain] for t, chain in catalog.claims.items()
     }
+    physical = None
+    if settings.pgbackrest_stanza:
+        from pgops.physical import physical_listing
+
+        physical = physical_listing(settings, before)
     if ns.json:
         out = [_list_json(b) for b in found]
         doc = {
@@ -267,7 +276,7 @@ def cmd_list(settings: Settings, ns: argparse.Namespace) -> ExitCode:
             "unreadable_manifests": list(catalog.unreadable),
             "owners": owners,
             "ignored_keys": len(catalog.ignored_keys),
-        }
+        } | ({"physical": physical.to_json()} if physical else {})
         json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
         return ExitCode.OK
@@ -288,6 +297,10 @@ def cmd_list(settings: Settings, ns: argparse.Namespace) -> ExitCode:
         sys.stdout.write(f"({hidden} backup(s) not restorable, not shown; --all-states shows them)\n")
     if catalog.ignored_keys:
         sys.stdout.write(f"({len(catalog.ignored_keys)} key(s) outside pgops' layout, ignored)\n")
+    if physical:
+        from pgops.physical import render_list
+
+        sys.stdout.write("\n" + render_list(physical, _human))
     return ExitCode.OK
 
 

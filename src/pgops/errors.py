@@ -85,6 +85,12 @@ class PostgresError(PgOpsError):
     exit_code = ExitCode.POSTGRES
 
 
+class PgbackrestError(PgOpsError):
+    """pgBackRest failed, or said something pgops cannot read (a missing stanza, an error status)."""
+
+    exit_code = ExitCode.POSTGRES
+
+
 class RestoreRefused(PgOpsError):
     """The restore would touch an existing database without --replace (or similar safety refusal)."""
 

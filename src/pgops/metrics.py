@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from pgops.settings import Settings
 
@@ -83,6 +84,55 @@ GAUGES: dict[str, tuple[str, str]] = {
     ),
 }
 
+# The physical view (pgBackRest + pg_stat_archiver), refreshed by `pgops status`; labels target and stanza.
+PHYSICAL_GAUGES: dict[str, tuple[str, str]] = {
+    "pgops_physical_check_timestamp_seconds": (
+        "When pgops status last read pgBackRest and pg_stat_archiver.",
+        "physical_check_timestamp",
+    ),
+    "pgops_physical_info_success": (
+        "1 if pgbackrest info could be read at the last check, else 0.",
+        "physical_info_success",
+    ),
+    "pgops_physical_ok": (
+        "1 if the last check found no physical problem (what makes status exit 11), else 0.",
+        "physical_ok",
+    ),
+    "pgops_server_in_recovery": (
+        "1 if the server is in recovery (a replica): archiving checks do not apply.",
+        "in_recovery",
+    ),
+    "pgops_wal_archive_failing": (
+        "1 if pg_stat_archiver's last failure is newer than its last success.",
+        "archive_failing",
+    ),
+    "pgops_wal_archived_count": ("WAL files archived since the statistics reset (pg_stat_archiver).", "archived"),
+    "pgops_wal_archive_failed_count": ("Failed archive_command runs since the statistics reset.", "failed"),
+    "pgops_wal_last_archived_timestamp_seconds": ("When the last WAL file was archived.", "last_archived_timestamp"),
+    "pgops_rpo_seconds": (
+        "Current RPO: seconds since the last archived WAL file, 0 when none is waiting.",
+        "rpo_seconds",
+    ),
+    "pgops_rpo_bytes": ("Current RPO: bytes of WAL written but not yet archived.", "rpo_bytes"),
+    "pgops_wal_dropped": (
+        "WAL files pgBackRest dropped past archive-push-queue-max since the newest full backup (an archive gap).",
+        "wal_dropped",
+    ),
+}
+# One series per backup type (full, diff, incr): field "<prefix>_<type>".
+PHYSICAL_TYPED_GAUGES: dict[str, tuple[str, str]] = {
+    "pgops_physical_backup_newest_timestamp_seconds": (
+        "Stop time of the newest physical backup of this type.",
+        "newest_timestamp",
+    ),
+    "pgops_physical_backup_newest_size_bytes": (
+        "Bytes the newest physical backup of this type stored in the repository.",
+        "newest_size",
+    ),
+}
+PHYSICAL_TYPES = ("full", "diff", "incr")
+PHYSICAL_PREFIX = "@physical/"  # state key "@physical/<target>" -> stanza -> fields; no target starts with "@"
+
 State = dict[str, dict[str, dict[str, float]]]  # target -> database -> field -> value
 
 
@@ -108,27 +158,47 @@ def _locked_state(directory: Path) -> Iterator[State]:
         os.close(fd)
 
 
+def _gauges(
+    registry: Any, gauges: dict[str, tuple[str, str]], label: str, per_target: State, kinds: tuple[str, ...] = ()
+) -> None:
+    """One gauge per entry; a series per target and `label` value (and per kind: field "<field>_<kind>")."""
+    from prometheus_client import Gauge
+
+    for name, (help_text, field) in gauges.items():
+        gauge = Gauge(name, help_text, ["target", label, *(["type"] if kinds else [])], registry=registry)
+        for target, groups in sorted(per_target.items()):
+            for group, fields in sorted(groups.items()):
+                for kind in kinds or ("",):
+                    key = f"{field}_{kind}" if kind else field
+                    if key in fields:
+                        labels = {"target": target, label: group} | ({"type": kind} if kind else {})
+                        gauge.labels(**labels).set(fields[key])
+
+
 def render(state: State, path: Path) -> None:
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+    from prometheus_client import CollectorRegistry, write_to_textfile
 
     registry = CollectorRegistry()
-    for name, (help_text, field) in GAUGES.items():
-        gauge = Gauge(name, help_text, ["target", "database"], registry=registry)
-        for target, databases in sorted(state.items()):
-            for database, fields in sorted(databases.items()):
-                if field in fields:
-                    gauge.labels(target=target, database=database).set(fields[field])
+    logical = {t: v for t, v in state.items() if not t.startswith(PHYSICAL_PREFIX)}
+    physical = {t.removeprefix(PHYSICAL_PREFIX): v for t, v in state.items() if t.startswith(PHYSICAL_PREFIX)}
+    _gauges(registry, GAUGES, "database", logical)
+    _gauges(registry, PHYSICAL_GAUGES, "stanza", physical)
+    _gauges(registry, PHYSICAL_TYPED_GAUGES, "stanza", physical, PHYSICAL_TYPES)
     write_to_textfile(str(path), registry)
 
 
-def update(settings: Settings, change: Callable[[dict[str, dict[str, float]]], None]) -> None:
-    """Apply `change` to this target's per-database state and rewrite pgops.prom. Never raises."""
+def update(
+    settings: Settings, change: Callable[[dict[str, dict[str, float]]], None], *, physical: bool = False
+) -> None:
+    """Apply `change` to this target's per-database state (physical: its per-stanza state) and rewrite
+    pgops.prom. Never raises."""
     if not settings.metrics_dir:
         return
     directory = Path(settings.metrics_dir)
     try:
         with _locked_state(directory) as state:
-            change(state.setdefault(settings.target, {}))
+            key = PHYSICAL_PREFIX + settings.target if physical else settings.target
+            change(state.setdefault(key, {}))
             render(state, directory / PROM_FILE)
     except OSError as e:
         log.warning("event=metrics_write_failed dir=%s error=%r", directory, e.strerror)

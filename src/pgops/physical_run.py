@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from pgops import proc
-from pgops.errors import ConfigError, PostgresError
+from pgops.errors import ConfigError, PgbackrestError
 from pgops.lock import target_lock
 from pgops.log import q, shorten
 from pgops.pg import PgConn
+from pgops.pgbackrest import child_env
 from pgops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,6 @@ _CONSOLE_RE = re.compile(r"^(?:\S+ \S+ )?P\d+\s+([A-Z]+):\s?(.*)$")
 _LEVELS = {"ERROR": logging.ERROR, "WARN": logging.WARNING, "INFO": logging.INFO}
 _KEEP_ERRORS = 5
 _KEEP_LINES = 1000
-
-
-class PgBackRestError(PostgresError):
-    """pgBackRest exited non-zero (or could not be started). Exit code 5, like the other server tools."""
 
 
 def require_stanza(settings: Settings) -> str:
@@ -65,11 +62,6 @@ def lock_name(stanza: str) -> str:
     return f"pgbackrest@{stanza}"
 
 
-def child_env() -> dict[str, str]:
-    """Our environment minus PGOPS_* (secrets among them); PGBACKREST_* variables pass through."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PGOPS_")}
-
-
 def pgbackrest_argv(
     settings: Settings, command: str, options: Sequence[str] = (), *, logs: tuple[str, str] = ("info", "off")
 ) -> list[str]:
@@ -94,7 +86,7 @@ class RunOutput:
 
 
 def run_pgbackrest(settings: Settings, command: str, options: Sequence[str] = ()) -> RunOutput:
-    """Run one pgBackRest command, relay each console line as a log line, raise PgBackRestError unless it
+    """Run one pgBackRest command, relay each console line as a log line, raise PgbackrestError unless it
     exits 0. A signal that stops pgops (SIGTERM, SIGINT) reaches pgBackRest as SIGTERM, and it is reaped
     (proc.running) before the signal's exit code propagates."""
     argv = pgbackrest_argv(settings, command, options)
@@ -107,13 +99,13 @@ def run_pgbackrest(settings: Settings, command: str, options: Sequence[str] = ()
             rc = child.wait()
             stderr = child.stderr_text
     except FileNotFoundError:
-        raise PgBackRestError(
+        raise PgbackrestError(
             f"{PGBACKREST} is not installed (not on PATH); install the Debian package pgbackrest"
         ) from None
     if rc != 0:
         how = f"was killed by signal {-rc}" if rc < 0 else f"exited {rc}"
         detail = " | ".join(out.errors) if out.errors else proc.error_summary(stderr)
-        raise PgBackRestError(f"pgbackrest {command} {how}: {shorten(detail, 600)}")
+        raise PgbackrestError(f"pgbackrest {command} {how}: {shorten(detail, 600)}")
     return out
 
 

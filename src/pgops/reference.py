@@ -26,7 +26,9 @@ EXIT_MEANINGS = {
     "fails too); see the log lines with event=backup_failed.",
     ExitCode.NOT_FOUND: "No complete backup matched the selection (database, --id, --before).",
     ExitCode.LOCKED_OBJECTS: "Retention could not delete objects held by Object Lock or a retention policy.",
-    ExitCode.STALE: "status: the newest good backup is older than the threshold.",
+    ExitCode.STALE: "status: the newest good backup is older than the threshold; with PGOPS_PGBACKREST_STANZA also "
+    "a physical problem (RPO over PGOPS_RPO_MAX_SECONDS, archiving failing, WAL dropped, physical backup too old, "
+    "pgBackRest or the server unreadable).",
     ExitCode.INTERRUPTED: "Stopped by SIGINT. The upload was aborted and child processes reaped.",
     ExitCode.BROKEN_PIPE: "Standard output was closed by its reader (`pgops list --json | head`); nothing else "
     "went wrong. The shell's usual status for it.",

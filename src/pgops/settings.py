@@ -177,17 +177,6 @@ def _duration(raw: str, key: str) -> int:
     return int(m.group(1)) * _DURATION_SECONDS[m.group(2).lower()]
 
 
-def _stanza(raw: str, key: str) -> str:
-    """Empty (no physical layer), or a pgBackRest stanza name."""
-    v = raw.strip()
-    if v and not _NAME_RE.match(v):
-        raise ConfigError(
-            f"{key}={raw!r} is not a valid stanza; valid values: empty, or 1-63 of letters, digits, '.', '_', '-' "
-            "starting with a letter or digit"
-        )
-    return v
-
-
 def _timezone(raw: str, key: str) -> str:
     import zoneinfo
 
@@ -206,6 +195,17 @@ def _name(raw: str, key: str) -> str:
     if not _NAME_RE.match(v):
         raise ConfigError(
             f"{key}={raw!r} is not a valid name; valid values: 1-63 characters of letters, digits, '.', '_', '-'"
+        )
+    return v
+
+
+def _stanza(raw: str, key: str) -> str:
+    """Empty (no physical layer), or a pgBackRest stanza name."""
+    v = raw.strip()
+    if v and not _NAME_RE.match(v):  # pgBackRest's stanza rule is pgops' name rule
+        raise ConfigError(
+            f"{key}={raw!r} is not a valid stanza name; valid values: empty, or 1-63 letters, digits, '.', '_', "
+            "'-' starting with a letter or digit"
         )
     return v
 
@@ -501,22 +501,6 @@ SPECS: tuple[Spec, ...] = (
         "a run in progress is never that old.",
         "36h",
     ),
-    # --- physical backups (pgBackRest) ------------------------------------------------------------
-    Spec(
-        "PGBACKREST_STANZA",
-        _stanza,
-        "",
-        "pgBackRest stanza of this server. Empty: no physical layer. Set: pgops reports and drives pgBackRest "
-        "for it (`pgops physical-backup`, `pgops physical-restore`).",
-        "main",
-    ),
-    Spec(
-        "PGBACKREST_CONFIG",
-        _str,
-        "/etc/pgbackrest/pgbackrest.conf",
-        "pgBackRest configuration file, passed to pgbackrest as --config=.",
-        "/etc/pgbackrest/pgbackrest.conf",
-    ),
     # --- observability ----------------------------------------------------------------------------
     Spec(
         "METRICS_DIR",
@@ -540,6 +524,47 @@ SPECS: tuple[Spec, ...] = (
         "26h",
         "pgops status exits 11 (stale) when a database's newest good backup is older than this.",
         "26h",
+    ),
+    # --- physical backups and WAL archiving (pgBackRest) ---------------------------------------------
+    Spec(
+        "PGBACKREST_STANZA",
+        _stanza,
+        "",
+        "pgBackRest stanza of this server. Empty: no physical layer. Set: `status`, `list` and the metrics show "
+        "its backups and WAL archiving (the current RPO), and `physical-backup` / `physical-restore` drive it. "
+        "Letters, digits, '.', '_', '-', at most 63, the first a letter or digit.",
+        "main",
+    ),
+    Spec(
+        "PGBACKREST_CONFIG",
+        _str,
+        "/etc/pgbackrest/pgbackrest.conf",
+        "pgBackRest's configuration file, passed to every pgbackrest command as --config=.",
+        "/etc/pgbackrest/pgbackrest.conf",
+    ),
+    Spec(
+        "RPO_MAX_SECONDS",
+        _int_range(0),
+        "300",
+        "pgops status exits 11 (stale) when the current RPO (seconds of WAL not yet archived) exceeds this "
+        "(0 = check off). Only with PGBACKREST_STANZA, and only on a primary.",
+        "300",
+    ),
+    Spec(
+        "PHYSICAL_MAX_AGE",
+        _duration,
+        "36h",
+        "pgops status exits 11 (stale) when the newest physical backup of any type (full, diff, incr) is "
+        "older than this (0 = check off). Only with PGBACKREST_STANZA.",
+        "36h",
+    ),
+    Spec(
+        "PHYSICAL_FULL_MAX_AGE",
+        _duration,
+        "8d",
+        "pgops status exits 11 (stale) when the newest full physical backup is older than this (0 = check off). "
+        "Only with PGBACKREST_STANZA.",
+        "8d",
     ),
     # --- running --------------------------------------------------------------------------------
     Spec("LOCK_DIR", _str, "/run/lock", "Directory for the per-target lock file.", "/run/lock"),
@@ -606,11 +631,14 @@ class Settings:
     keep_safety: int
     retention_timezone: str
     grace_period: int
-    pgbackrest_stanza: str
-    pgbackrest_config: str
     metrics_dir: str
     heartbeat_url: Secret
     status_max_age: int
+    pgbackrest_stanza: str
+    pgbackrest_config: str
+    rpo_max_seconds: int
+    physical_max_age: int
+    physical_full_max_age: int
     lock_dir: str
     spool_dir: str
     log_format: str

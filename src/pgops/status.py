@@ -4,6 +4,9 @@ Computed from the store (manifests and verification records), so it answers the 
 host, on a monitoring host or during disaster recovery. A Nagios-style check: exit 11 when any
 database's newest good backup is older than PGOPS_STATUS_MAX_AGE.
 
+With PGOPS_PGBACKREST_STANZA set, a physical section follows (physical.py): pgBackRest's newest full,
+diff and incr, WAL archiving and the current RPO; any problem there exits 11 as well.
+
 When the server (PGOPS_PG_CONNINFO) is reachable, it also lists the databases pgops left there
 (`<name>_pgops_old_<time>` after restore --replace, scratch databases of killed restores); they do not
 change the exit code. `pgops leftovers --drop` removes them.
@@ -22,6 +25,7 @@ from pgops.errors import PgOpsError
 from pgops.log import q
 from pgops.manifest import KIND_DATABASE, REASON_SAFETY, Manifest, iso
 from pgops.pg import PgConn, leftover_databases
+from pgops.physical import PhysicalReport, physical_report, render_status
 from pgops.settings import Settings
 from pgops.storage.base import Storage
 
@@ -69,10 +73,12 @@ class StatusReport:
     databases: tuple[DatabaseStatus, ...]
     unreadable_manifests: tuple[str, ...]
     leftovers: tuple[tuple[str, int], ...] | None = None  # (database, bytes) on the server; None: not reachable
+    physical: PhysicalReport | None = None  # None: PGOPS_PGBACKREST_STANZA is not set
 
     @property
     def stale(self) -> bool:
-        return not self.databases or any(d.stale for d in self.databases)
+        logical = not self.databases or any(d.stale for d in self.databases)
+        return logical or (self.physical is not None and self.physical.stale)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,7 +88,7 @@ class StatusReport:
             "databases": [d.to_json() for d in self.databases],
             "unreadable_manifests": list(self.unreadable_manifests),
             "leftovers": None if self.leftovers is None else [{"database": d, "bytes": b} for d, b in self.leftovers],
-        }
+        } | ({"physical": self.physical.to_json()} if self.physical else {})
 
 
 def run_status(settings: Settings, storage: Storage, now: dt.datetime | None = None) -> StatusReport:
@@ -101,7 +107,10 @@ def run_status(settings: Settings, storage: Storage, now: dt.datetime | None = N
         stale = settings.status_max_age > 0 and age > settings.status_max_age
         sizes = tuple(m.size for m in ms[:TREND_WINDOW])
         out.append(DatabaseStatus(name, ms[0], age, sizes, verified, drilled, stale))
-    return StatusReport(settings.target, settings.status_max_age, tuple(out), catalog.unreadable, _leftovers(settings))
+    physical = physical_report(settings) if settings.pgbackrest_stanza else None
+    return StatusReport(
+        settings.target, settings.status_max_age, tuple(out), catalog.unreadable, _leftovers(settings), physical
+    )
 
 
 def _leftovers(settings: Settings) -> tuple[tuple[str, int], ...] | None:
@@ -147,4 +156,5 @@ def render_table(report: StatusReport, human_size: Any) -> str:
     if report.leftovers:
         names = ", ".join(f"{d} ({human_size(b)})" for d, b in report.leftovers)
         lines.append(f"leftover databases on the server (not backed up; drop with `pgops leftovers --drop`): {names}")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text + ("\n" + render_status(report.physical, human_size) if report.physical else "")
