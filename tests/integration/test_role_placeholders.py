@@ -6,17 +6,13 @@ line naming the variable, and no secret value may appear anywhere in the output.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
+from tests.fixtures.role_validation import run_role_validation
+
 AGE_PUB = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"  # a well-formed X25519 recipient
 AGE_KEY = "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX"
 # Distinctive parts of the secret values: none of them may appear in ansible's output.
@@ -111,36 +107,10 @@ CASES: dict[str, tuple[str, dict[str, Any], list[str] | None]] = {
     ),
 }
 
-PLAYBOOK = """
-- name: One validation case
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  tasks:
-    - name: Run the role's validation
-      ansible.builtin.include_role:
-        name: "{{ case_role }}"
-        tasks_from: validate
-"""
-
 
 def _validate(tmp: Path, role: str, variables: dict[str, Any]) -> tuple[str, str]:
     """Run the role's validate tasks with these variables: ('passed' or the failure's msg, the whole output)."""
-    (tmp / "play.yml").write_text(PLAYBOOK)
-    (tmp / "vars.yml").write_text(
-        yaml.safe_dump({**variables, "case_role": role, "ansible_python_interpreter": sys.executable})
-    )
-    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_NOCOLOR": "1"}
-    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
-    result = subprocess.run(
-        [str(PLAYBOOK_BIN), "-i", "localhost,", "-e", f"@{tmp / 'vars.yml'}", str(tmp / "play.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp,
-        timeout=300,
-        check=False,
-    )
+    result = run_role_validation(tmp, role, variables)
     output = result.stdout + result.stderr
     if result.returncode == 0:
         return "passed", output

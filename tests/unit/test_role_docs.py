@@ -23,4 +23,4 @@ def test_defaults_specs_and_readme_agree(role: Path) -> None:
 
 
 def test_every_role_is_covered() -> None:
-    assert {r.name for r in ROLES} >= {"postgresql", "postgresql_backup", "local_objectstore"}
+    assert {r.name for r in ROLES} >= {"postgresql", "postgresql_backup", "local_objectstore", "pgbackrest"}

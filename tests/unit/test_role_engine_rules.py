@@ -50,7 +50,13 @@ def test_secret_keys_are_the_engines() -> None:
             assert spec.key in specs["postgresql_backup_secrets"]["description"], spec.key
 
 
-def test_both_roles_refuse_the_same_placeholders() -> None:
-    # The two roles cannot share a variable; each keeps the list, and this keeps them one list.
+def test_the_roles_refuse_the_same_placeholders() -> None:
+    # The roles cannot share a variable; each keeps the list, and this keeps them one list.
     server = _role_vars(ROLE.parent / "postgresql")["__postgresql_placeholder_secrets"]
     assert server == _role_vars()["__postgresql_backup_placeholder_secrets"]
+    assert server == _role_vars(ROLE.parent / "pgbackrest")["__pgbackrest_placeholder_secrets"]
+
+
+def test_stanza_rule_is_the_backup_roles_target_rule() -> None:
+    # pgBackRest's stanza rule (letters, digits, . _ -, at most 63, first alnum) is pgops' name rule too.
+    assert _role_vars(ROLE.parent / "pgbackrest")["__pgbackrest_stanza_re"] == _NAME_RE.pattern
