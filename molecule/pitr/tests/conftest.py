@@ -11,7 +11,7 @@ import testinfra
 from tests.fixtures.instances import run_as_postgres  # the project root is on sys.path (pyproject's pythonpath)
 
 DB12, DB13, STORE = "pgops-pitr-db12", "pgops-pitr-db13", "pgops-pitr-store"
-# Each host's stanza is its inventory name (group_vars/pgops_db.yml).
+# Each host's stanza is its inventory name (group_vars/pgops_postgres.yml); new12 takes over db12's.
 STANZA = {DB12: DB12, DB13: DB13}
 # The scenario's throwaway secrets (group_vars, host_vars): none may show in ps, logs, journal or Ansible output.
 SECRETS = ("pitr-s3-secret", "pitr-molecule-cipher-passphrase-0001", "pitr-gcs-token")
