@@ -197,7 +197,8 @@ def parse_info(text: str, stanza: str) -> StanzaInfo:
 
 
 def read_stanza_info(settings: Settings) -> StanzaInfo:
-    out = run_pgbackrest(settings, "--output=json", "info", log_file=False)
+    # console logging off: stdout is the JSON only, even when pgBackRest warns
+    out = run_pgbackrest(settings, "--output=json", "--log-level-console=off", "info", log_file=False)
     return parse_info(out, settings.pgbackrest_stanza)
 
 

@@ -9,7 +9,6 @@ the repository keys and the cipher passphrase stay in its config file (or PGBACK
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -23,13 +22,11 @@ from pgops.errors import ConfigError, PgbackrestError
 from pgops.lock import target_lock
 from pgops.log import q, shorten
 from pgops.pg import PgConn
-from pgops.pgbackrest import child_env
+from pgops.pgbackrest import BACKUP_TYPES, PGBACKREST_BIN, PhysicalBackup, child_env, read_stanza_info
 from pgops.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PGBACKREST = "pgbackrest"
-BACKUP_TYPES = ("full", "diff", "incr")
 # pgBackRest's console line: "2026-12-03 15:50:00.123 P00   INFO: backup command begin 2.45: ..."
 _CONSOLE_RE = re.compile(r"^(?:\S+ \S+ )?P\d+\s+([A-Z]+):\s?(.*)$")
 _LEVELS = {"ERROR": logging.ERROR, "WARN": logging.WARNING, "INFO": logging.INFO}
@@ -68,7 +65,7 @@ def pgbackrest_argv(
     """By default every console line goes to stdout, in order, to be relayed; nothing to stderr."""
     console, stderr = logs
     return [
-        PGBACKREST,
+        PGBACKREST_BIN,
         f"--config={settings.pgbackrest_config}",
         f"--stanza={require_stanza(settings)}",
         f"--log-level-console={console}",
@@ -100,7 +97,7 @@ def run_pgbackrest(settings: Settings, command: str, options: Sequence[str] = ()
             stderr = child.stderr_text
     except FileNotFoundError:
         raise PgbackrestError(
-            f"{PGBACKREST} is not installed (not on PATH); install the Debian package pgbackrest"
+            f"{PGBACKREST_BIN} is not installed (not on PATH); install the Debian package pgbackrest"
         ) from None
     if rc != 0:
         how = f"was killed by signal {-rc}" if rc < 0 else f"exited {rc}"
@@ -136,19 +133,14 @@ def in_recovery(settings: Settings) -> bool:
     return bool(row and row[0])
 
 
-def newest_backup(settings: Settings) -> dict[str, Any] | None:
-    """The newest backup of the stanza from `pgbackrest info --output=json` (None if it cannot be read)."""
-    argv = pgbackrest_argv(settings, "info", ["--output=json"], logs=("off", "error"))  # stdout: the JSON only
-    result = subprocess.run(argv, env=child_env(), capture_output=True, check=False, timeout=120)
-    if result.returncode != 0:
-        return None
+def newest_backup(settings: Settings) -> PhysicalBackup | None:
+    """The backup just taken, for the log and --json (the view's own reader of `pgbackrest info`). A failure to
+    read it does not fail the backup, which pgBackRest already reported done."""
     try:
-        stanzas = json.loads(result.stdout)
-        backups = stanzas[0].get("backup") or []
-    except (ValueError, LookupError, AttributeError):
+        return read_stanza_info(settings).newest()
+    except PgbackrestError as e:
+        log.warning("event=physical_backup_info_unreadable error=%s", q(str(e)))
         return None
-    newest = backups[-1] if backups else None
-    return newest if isinstance(newest, dict) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,12 +171,9 @@ def run_physical_backup(settings: Settings, backup_type: str) -> PhysicalBackupR
         log.info("event=physical_backup_start stanza=%s type=%s", q(stanza), backup_type)
         run_pgbackrest(settings, "backup", [f"--type={backup_type}"])
         seconds = time.time() - started
-    newest = newest_backup(settings) or {}
-    label = newest.get("label") if isinstance(newest.get("label"), str) else None
-    size = (newest.get("info") or {}).get("repository", {}).get("delta")
-    result = PhysicalBackupResult(
-        backup_type, started, seconds, label=label, size=size if isinstance(size, int) else None
-    )
+    newest = newest_backup(settings)
+    label = newest.label if newest else None
+    result = PhysicalBackupResult(backup_type, started, seconds, label=label, size=newest.repo_size if newest else None)
     log.info(
         "event=physical_backup_done stanza=%s type=%s label=%s seconds=%.1f",
         q(stanza),
