@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -33,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import report  # noqa: E402
+from bench import report, wal  # noqa: E402
 from bench.cluster import BINDIR, BenchCluster, PgBackRest, make_dataset  # noqa: E402
 from bench.measure import CommandFailed, Sample, run_measured  # noqa: E402
 from bench.objstore import FakeGcsServer, MotoServer  # noqa: E402
@@ -323,6 +324,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="instead of the comparison: the issue 4 set (file:// with and without age encryption, "
                    "gs:// fake-gcs-server, s3:// moto, plain vs encrypted restore) and its targets")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the temp directory (cluster stopped) for inspection")
+    p.add_argument("--wal", action="store_true",
+                   help="instead of the comparison: pgbench write load with no archiving, pgBackRest archive-push "
+                   "sync and async: TPS, the RPO pgops reports under load, the drain time (bench/wal.py)")  # fmt: skip
+    p.add_argument("--wal-seconds", type=int, default=60, help="--wal: seconds of pgbench per variant (default 60)")
+    p.add_argument("--wal-clients", type=int, default=8, help="--wal: pgbench clients (default 8)")
     return p.parse_args(argv)
 
 
@@ -377,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     commit_at_start = report.git_commit()  # other work may land in src/ during a long run: both are recorded
     with bench_environment(args.scale, args.workdir, keep=args.keep, issue4=args.issue4) as bench:
+        if args.wal:
+            return wal_main(bench, args, started)
         if args.issue4:
             for n in range(1, args.repeat + 1):
                 bench.run_no = n
@@ -408,6 +416,32 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print()
     print(report.markdown(result))
+    print(f"\nresults: {path}")
+    return 0
+
+
+def wal_main(bench: Bench, args: argparse.Namespace, started: dt.datetime) -> int:
+    """--wal: bench/wal.py's rounds, its table on stdout and its own results file."""
+    wb = wal.WalBench(bench.root, bench.cluster, bench.pgbr, DB)
+    for n in range(1, args.repeat + 1):
+        load = f"{args.wal_seconds} s of pgbench -N, {args.wal_clients} clients"
+        print(f"-- run {n}/{args.repeat} (WAL archiving, {load})", flush=True)
+        wb.round(n, args.wal_seconds, args.wal_clients)
+    rows = wal.summary(wb.samples)
+    result = {
+        "started": started.isoformat(),
+        "command": "make bench BENCH_ARGS=" + repr(" ".join(sys.argv[1:])),
+        "args": vars(args) | {"results_dir": str(args.results_dir)},
+        "machine": report.machine(bench.cluster.version()),
+        "dataset": bench.dataset,
+        "wal_rows": rows,
+        "wal_samples": [dataclasses.asdict(s) for s in wb.samples],
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}-wal.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(wal.markdown(rows))
     print(f"\nresults: {path}")
     return 0
 
