@@ -411,11 +411,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         result["failures"] = bench.failures
         result["machine"]["git_commit_at_start"] = commit_at_start
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    return publish(result, report.markdown(result), args.results_dir, started, "")
+
+
+def publish(result: dict[str, Any], table: str, results_dir: Path, started: dt.datetime, suffix: str) -> int:
+    """Write the result JSON, then print the table and where the JSON went."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print()
-    print(report.markdown(result))
+    print(table)
     print(f"\nresults: {path}")
     return 0
 
@@ -437,13 +442,7 @@ def wal_main(bench: Bench, args: argparse.Namespace, started: dt.datetime) -> in
         "wal_rows": rows,
         "wal_samples": [dataclasses.asdict(s) for s in wb.samples],
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}-wal.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print()
-    print(wal.markdown(rows))
-    print(f"\nresults: {path}")
-    return 0
+    return publish(result, wal.markdown(rows), args.results_dir, started, "-wal")
 
 
 if __name__ == "__main__":
