@@ -242,8 +242,12 @@ class PgBackRest:
         )
         os.chmod(self.conf, 0o644)
 
+    def command(self, *args: str) -> list[str]:
+        return ["pgbackrest", f"--config={self.conf}", f"--stanza={self.STANZA}", *args]
+
     def argv(self, *args: str) -> list[str]:
-        return as_postgres(["pgbackrest", f"--config={self.conf}", f"--stanza={self.STANZA}", *args])
+        """command() run as the postgres OS user."""
+        return as_postgres(self.command(*args))
 
     @property
     def archive_command(self) -> str:

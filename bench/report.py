@@ -22,6 +22,8 @@ PGOPS_S3 = "pgops backup → s3:// moto (zstd 3)"
 PG_RESTORE_J2 = "pg_restore -j2 (local -Fc -Z0 file)"
 PGOPS_RESTORE_J2 = "pgops restore --jobs 2 --spool-dir (file://)"
 PGOPS_RESTORE_STREAM = "pgops restore, streaming (file://)"
+PGBR_PITR = "PITR: pgBackRest restore --type=immediate, start, replay, promote"
+PITR_LIMIT = 0.25  # issue 12: a PITR restore in at most 0.25x the time of the logical restore
 I4_PLAIN = "pgops backup → file:// (zstd 3, unencrypted; pair of the next row)"
 I4_AGE = "pgops backup → file:// (zstd 3, age-encrypted)"
 I4_GCS = "pgops backup → gs:// fake-gcs-server (zstd 3)"
@@ -112,6 +114,8 @@ def _targets(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for name in (PGOPS_RESTORE_J2, PGOPS_RESTORE_STREAM):
         if (r := rows.get(name)) is not None and base is not None:
             _wall_target(t, f"{name}: wall ≤ 1.10x pg_restore -j2", r, base, 1.10)
+    if (r := rows.get(PGBR_PITR)) is not None and (logical := rows.get(PGOPS_RESTORE_J2)) is not None:
+        _wall_target(t, f"{PGBR_PITR}: ≤ {PITR_LIMIT}x {PGOPS_RESTORE_J2}", r, logical, PITR_LIMIT)
     pgops = {n: r for n, r in rows.items() if n.startswith("pgops") and r["process_rss_mib"] is not None}
     if pgops:
         worst = max(pgops, key=lambda n: pgops[n]["process_rss_mib"])

@@ -30,12 +30,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import psycopg
+from psycopg import sql
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import report, wal  # noqa: E402
-from bench.cluster import BINDIR, BenchCluster, PgBackRest, make_dataset  # noqa: E402
+from bench.cluster import BINDIR, BenchCluster, PgBackRest, as_postgres, free_port, make_dataset  # noqa: E402
 from bench.measure import CommandFailed, Sample, run_measured  # noqa: E402
 from bench.objstore import FakeGcsServer, MotoServer  # noqa: E402
 
@@ -193,6 +196,36 @@ class Bench:
             with self.tolerate(name := "pgBackRest restore (new data dir)"):
                 self.measure(name, self.pgbr.argv("restore", f"--pg1-path={target}"))
         finally:
+            shutil.rmtree(target, ignore_errors=True)
+        self.pitr_restore()
+
+    def pitr_restore(self) -> None:
+        """What a PITR costs end to end: pgBackRest's restore to the end of the backup (`--type=immediate`), the
+        server started on it, its recovery replayed from the archive and promoted, timed until
+        pg_is_in_recovery() is false; then every table's rows are counted against the source."""
+        target = self.pgbr.new_restore_dir(f"pitr-{self.run_no}")
+        port = free_port()
+        pg_ctl = [str(BINDIR / "pg_ctl"), "-D", str(target)]
+        opts = f"-p {port} -k {target} -c archive_mode=off -c listen_addresses=''"
+        promoted = f"{BINDIR / 'psql'} -h {target} -p {port} -XAtc 'SELECT pg_is_in_recovery()' postgres"
+        script = " && ".join(
+            [
+                shlex.join(self.pgbr.command("restore", f"--pg1-path={target}", "--type=immediate",
+                                             "--target-action=promote")),
+                shlex.join([*pg_ctl, "-l", str(target / "startup.log"), "-w", "-t", "600", "-o", opts, "start"]),
+                f'until [ "$({promoted})" = f ]; do sleep 0.05; done',
+            ]
+        )  # fmt: skip
+        try:
+            with self.tolerate(report.PGBR_PITR):
+                self.measure(report.PGBR_PITR, as_postgres(["bash", "-c", script]))
+                with psycopg.connect(f"host={target} port={port} user=postgres dbname={DB}") as c:
+                    for table, rows in self.expected_rows.items():
+                        got = c.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
+                        if got is None or got[0] != rows:
+                            raise CommandFailed(f"PITR restore: {table} has {got} rows, expected {rows}")
+        finally:
+            subprocess.run(as_postgres([*pg_ctl, "-m", "immediate", "-w", "stop"]), capture_output=True, check=False)
             shutil.rmtree(target, ignore_errors=True)
 
     def restores(self) -> None:
