@@ -175,7 +175,7 @@ def make_dataset(cluster: BenchCluster, dbname: str, scale: int) -> None:
     """pgbench at `scale` plus `mixed` rows of about the same size, with indexes (restores rebuild them)."""
     cluster.create_database(dbname)
     subprocess.run(
-        [str(BINDIR / "pgbench"), "-i", "-q", "--init-steps=dtGvp", "-s", str(scale), "-d", cluster.dsn(dbname)],
+        [str(BINDIR / "pgbench"), "-i", "-q", "--init-steps=dtGvp", "-s", str(scale), cluster.dsn(dbname)],
         check=True,
         capture_output=True,
     )

@@ -119,7 +119,7 @@ class WalBench:
         try:
             out = subprocess.run(
                 [str(BINDIR / "pgbench"), "-n", "-N", "-c", str(clients), "-j", "2", "-T", str(seconds),
-                 "-d", self.cluster.dsn(self.dbname)],
+                 self.cluster.dsn(self.dbname)],  # the last argument, not -d: pgbench's -d is --debug
                 check=True, capture_output=True, text=True,
             ).stdout  # fmt: skip
         finally:
