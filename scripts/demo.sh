@@ -4,10 +4,11 @@
 #      offline wheelhouse;
 #   2. starts three containers with systemd on the podman network pgops-demo (10.213.48.0/24):
 #      pgops-demo-db, pgops-demo-store (S3 and GCS emulators), pgops-demo-restore (bare);
-#   3. builds the database host with playbooks/site.yml, loads pgbench data, backs it up now with
+#   3. builds the database host with playbooks/site.yml (which also sets up WAL archiving through pgBackRest
+#      into the same bucket and takes a first full physical backup), loads pgbench data, backs it up now with
 #      playbooks/backup.yml (the same engine and settings the 02:00 cron job uses);
 #   4. rebuilds it on the bare container with playbooks/restore.yml, the disaster-recovery playbook;
-#   5. compares the two databases and prints a summary.
+#   5. compares the two databases and prints a summary, with the current RPO from `pgops status`.
 # The containers stay up for you to explore (inventory/local); `scripts/demo.sh --down` removes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +45,9 @@ down
 podman network create --subnet "$subnet" "$network" >/dev/null
 [ -f "$key" ] || ssh-keygen -q -t ed25519 -N '' -f "$key"
 for h in "${!hosts[@]}"; do
+  # pgBackRest reaches the store by the name its certificate carries.
   podman run -d --name "$h" --hostname "$h" --network "$network" --ip "${hosts[$h]}" --systemd=always \
+    --add-host "pgops-demo-store:${hosts[pgops-demo-store]}" \
     --label owner=pgops-demo localhost/pgops-debian:12 /sbin/init >/dev/null
 done
 for h in "${!hosts[@]}"; do
@@ -54,7 +57,9 @@ done
 
 step "object store (S3 and GCS emulators) on pgops-demo-store"
 play playbooks/local-objectstore.yml
-step "playbooks/site.yml: PostgreSQL and scheduled backups on pgops-demo-db"
+# Its CA, for pgBackRest (pgbackrest_repo_ca_file in inventory/local/group_vars/pgops_db.yml).
+podman cp pgops-demo-store:/etc/objectstore/tls/ca.crt .cache/local-stack/store-ca.crt
+step "playbooks/site.yml: PostgreSQL, scheduled backups and WAL archiving through pgBackRest on pgops-demo-db"
 play playbooks/site.yml
 # The application's tables belong to its owner role (as in production), so the inventory's default
 # privileges grant app_rw and app_ro on them.
@@ -72,6 +77,16 @@ src=$(dump pgops-demo-db) dst=$(dump pgops-demo-restore)
 rows=$(podman exec pgops-demo-restore runuser -u postgres -- psql -X -A -t -d appdb -c 'SELECT count(*) FROM pgbench_accounts')
 listing=$(podman exec pgops-demo-restore pgops list --target pgops-demo-db)
 version=$(podman exec pgops-demo-db runuser -u postgres -- psql -X -A -t -c 'SHOW server_version')
+# The current RPO from the one view (pgops status; exit 11 would mean stale, which the line then shows).
+rpo=$(podman exec pgops-demo-db runuser -u postgres -- pgops status --json | python -c '
+import json, sys
+p = json.load(sys.stdin)["physical"]
+full = p["newest"].get("full", {}).get("label", "none")
+rpo = p["archiver"]["rpo_seconds"] if p["archiver"] else None
+state = "ok" if not p["problems"] else "STALE: " + "; ".join(p["problems"])
+stanza = p["stanza"]
+print(f"{rpo:.0f} s" if rpo is not None else "unknown", f"(stanza {stanza}, newest full {full}, {state})")
+') || true
 
 cat <<SUMMARY
 
@@ -84,6 +99,7 @@ $(sed 's/^/              /' <<<"$listing")
 Restored    on pgops-demo-restore (10.213.48.30) by playbooks/restore.yml:
             $rto
 Compared    pg_dump of appdb: source $src, restored $dst, $rows rows in pgbench_accounts
+RPO now     ${rpo:-unknown}: WAL archived through pgBackRest to s3://pgops-demo/pgbackrest
 Result      $([ "$src" = "$dst" ] && echo "MATCHES: the restored data equals the source" || echo "DIFFERS")
 Took        $((SECONDS - t0)) s. Log: $log. Explore: ansible -i inventory/local/hosts.yml all -m ping
             Remove: scripts/demo.sh --down

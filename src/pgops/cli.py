@@ -23,7 +23,7 @@ from pgops import log as pglog
 from pgops import metrics
 from pgops.catalog import GOOD, STATES, Backup, Catalog
 from pgops.cli_args import build_parser
-from pgops.cli_physical import cmd_physical_backup, cmd_physical_restore, cmd_restore_point
+from pgops.cli_physical import cmd_physical_backup, cmd_physical_restore, cmd_restore_point, refresh_physical_gauges
 from pgops.cluster import identity_of
 from pgops.errors import ConfigError, ExitCode, IntegrityError, Interrupted, MissingIdentity, PgOpsError
 from pgops.manifest import iso, parse_time
@@ -209,6 +209,8 @@ def cmd_status(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     from pgops.status import render_table, run_status
     from pgops.storage import open_storage
 
+    if ns.metrics_only:
+        return refresh_physical_gauges(settings, ns)
     report = run_status(settings, open_storage(settings))
     if report.physical is not None:
         from pgops.physical import record_metrics

@@ -224,6 +224,13 @@ def _add_observability(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     _common(st)
     st.add_argument("--max-age", dest="PGOPS_STATUS_MAX_AGE", help="stale threshold, like 26h (PGOPS_STATUS_MAX_AGE)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument(
+        "--metrics-only",
+        action="store_true",
+        help="only refresh the physical gauges of PGOPS_PGBACKREST_STANZA (pgBackRest info, pg_stat_archiver, the "
+        "current RPO) in PGOPS_METRICS_DIR: no logical checks, no output, exit 0 stale or not (the gauges say it); "
+        "for a schedule every minute",
+    )
 
 
 def _physical_common(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""The physical commands of the CLI: `pgops physical-backup`, `physical-restore` (pgBackRest), `restore-point`.
+"""The physical commands of the CLI: `pgops physical-backup`, `physical-restore` (pgBackRest), `restore-point`,
+and `status --metrics-only` (the physical gauges alone, for a schedule every minute).
 
 Thin like cli.py: arguments to a library call (physical_run.py, physical_restore.py), the outcome to the
 metrics and stdout. Exceptions propagate to cli.py, which alone maps them to exit codes.
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 
 from pgops import metrics
 from pgops.errors import ConfigError, ExitCode, LockHeld, PgOpsError
 from pgops.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def cmd_physical_backup(settings: Settings, ns: argparse.Namespace) -> ExitCode:
@@ -102,4 +106,35 @@ def cmd_restore_point(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     if ns.json:
         json.dump(point.to_json(), sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
+    return ExitCode.OK
+
+
+def refresh_physical_gauges(settings: Settings, ns: argparse.Namespace) -> ExitCode:
+    """`pgops status --metrics-only`: read pgBackRest and pg_stat_archiver, write the physical gauges, print nothing.
+
+    The scheduled refresh (roles/pgbackrest, every minute) runs it so that pgops_rpo_seconds and the other gauges
+    stay current between backups. A stale view is no failure of this job: it exits 0 and pgops_physical_ok says
+    it (alerts read the gauges). It fails only when it could not do its job: no stanza, or gauges not written.
+    """
+    from pgops.physical import physical_report, record_metrics
+
+    if ns.json:
+        raise ConfigError("status --metrics-only prints nothing, so it does not take --json; valid: one of the two")
+    if not settings.pgbackrest_stanza:
+        raise ConfigError(
+            "status --metrics-only refreshes the physical gauges, but PGOPS_PGBACKREST_STANZA is not set; "
+            "valid: the stanza's name in the env file (postgresql_backup_settings.PGBACKREST_STANZA)"
+        )
+    if not settings.metrics_dir:
+        raise ConfigError(
+            "status --metrics-only writes gauges, but PGOPS_METRICS_DIR is not set; valid: a directory the "
+            "textfile collector reads, like /var/lib/prometheus/node-exporter"
+        )
+    report = physical_report(settings)
+    if not record_metrics(settings, report):
+        raise ConfigError(
+            f"status --metrics-only could not write the gauges into PGOPS_METRICS_DIR={settings.metrics_dir} "
+            "(event=metrics_write_failed has the reason); valid: a directory this user can write"
+        )
+    log.debug("event=physical_gauges_refreshed stanza=%s ok=%d", report.stanza, 0 if report.problems else 1)
     return ExitCode.OK

@@ -189,11 +189,11 @@ def render(state: State, path: Path) -> None:
 
 def update(
     settings: Settings, change: Callable[[dict[str, dict[str, float]]], None], *, physical: bool = False
-) -> None:
+) -> bool:
     """Apply `change` to this target's per-database state (physical: its per-stanza state) and rewrite
-    pgops.prom. Never raises."""
+    pgops.prom. Never raises: False when there is no PGOPS_METRICS_DIR or it could not be written."""
     if not settings.metrics_dir:
-        return
+        return False
     directory = Path(settings.metrics_dir)
     try:
         with _locked_state(directory) as state:
@@ -202,6 +202,8 @@ def update(
             render(state, directory / PROM_FILE)
     except OSError as e:
         log.warning("event=metrics_write_failed dir=%s error=%r", directory, e.strerror)
+        return False
+    return True
 
 
 def set_fields(per_db: dict[str, dict[str, float]], database: str | None, **fields: float) -> None:

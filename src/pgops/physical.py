@@ -224,8 +224,8 @@ STATUS_FIELDS = frozenset(
 )
 
 
-def record_metrics(settings: Settings, report: PhysicalReport) -> None:
-    """Refresh the physical gauges (metrics.py) from this check. Never raises."""
+def record_metrics(settings: Settings, report: PhysicalReport) -> bool:
+    """Refresh the physical gauges (metrics.py) from this check. Never raises: False when they were not written."""
     from pgops import metrics
 
     fields = metric_fields(report)
@@ -236,7 +236,7 @@ def record_metrics(settings: Settings, report: PhysicalReport) -> None:
             current.pop(name, None)  # unknown now (a replica has no RPO): the gauge goes, not a stale value
         current.update(fields)
 
-    metrics.update(settings, change, physical=True)
+    return metrics.update(settings, change, physical=True)
 
 
 def metric_fields(report: PhysicalReport) -> dict[str, float]:

@@ -153,6 +153,12 @@ def test_a_replica_skips_the_archive_checks_but_counts_repository_backups(
         assert "server in recovery (a replica): WAL archiving and RPO checks do not apply here" in human
         m = read_metrics(env)
         assert m[("pgops_server_in_recovery", ())] == 1 and ("pgops_rpo_seconds", ()) not in m
+        # the scheduled refresh on a replica: quiet, exit 0, the same gauges (no RPO: it does not apply here)
+        refreshed = run_pgops(["status", "--metrics-only"], env)
+        assert (refreshed.returncode, refreshed.stdout, refreshed.stderr) == (ExitCode.OK, "", "")
+        m = read_metrics(env)
+        assert m[("pgops_server_in_recovery", ())] == 1 and ("pgops_rpo_seconds", ()) not in m
+        assert m[("pgops_physical_ok", ())] == 1
 
         time.sleep(1.1)
         code, doc, _ = pgops_status(env, PGOPS_PHYSICAL_MAX_AGE="1s")

@@ -179,3 +179,19 @@ def test_drill_host_restore_tested_the_database_hosts_target(drill: Any) -> None
         assert samples[("pgops_restore_test_last_attempt_success", DB, database)] == 1
         assert samples[("pgops_restore_test_duration_seconds", DB, database)] > 0
     assert not [k for k in samples if k[0].startswith("pgops_backup_")]  # it takes no backups
+
+
+def test_the_physical_view_is_green_on_the_database_host(db: Any) -> None:
+    """inventory/local archives WAL through pgBackRest into the store's bucket and takes a first full backup during
+    site.yml: `pgops status` (exit 0) shows it, with the current RPO as a number, and the refresh job runs quietly."""
+    doc = json.loads(run_as_postgres(db, ["/opt/pgops/venv/bin/pgops", "status", "--json", "--env-file", ENV]))
+    physical = doc["physical"]
+    assert physical["stanza"] == DB and physical["problems"] == [] and doc["stale"] is False, physical
+    assert physical["newest"]["full"]["label"]
+    archiver = physical["archiver"]
+    assert archiver["failing"] is False and archiver["archived_count"] >= 1
+    assert isinstance(archiver["rpo_seconds"], (int, float)) and 0 <= archiver["rpo_seconds"] < 300
+    cron = db.file("/etc/cron.d/pgops-pgbackrest").content_string
+    assert "* * * * * postgres /opt/pgops/venv/bin/pgops status --metrics-only --env-file /etc/pgops/pgops.env " in cron
+    refresh_log = db.file("/var/log/pgops/physical-refresh.log")
+    assert refresh_log.exists and refresh_log.size == 0, refresh_log.content_string[-2000:]

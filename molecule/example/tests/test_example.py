@@ -5,7 +5,9 @@ they come after the ones that read the state converge and side_effect left."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from typing import Any
 
 import boto3
@@ -93,8 +95,91 @@ def test_only_the_drill_host_holds_the_age_identity(db1: Any, db2: Any, drill: A
 def test_the_schedules_are_the_examples(db1: Any, drill: Any) -> None:
     db_jobs = re.findall(r"^# (\w+)$", db1.file("/etc/cron.d/pgops").content_string, re.MULTILINE)
     assert db_jobs == ["backup", "retention", "verify"]
+    assert not drill.file("/etc/cron.d/pgops-pgbackrest").exists  # a drill host never archives or backs up
     drill_jobs = re.findall(r"^# (\w+)$", drill.file("/etc/cron.d/pgops").content_string, re.MULTILINE)
     assert drill_jobs == ["restore_test"]
+
+
+def test_each_server_archives_its_wal_into_its_own_stanza_in_the_same_bucket(db1: Any, db2: Any) -> None:
+    """inventory/example's pgops_db: archive_mode on, pgBackRest's archive_command, a stanza per host (its
+    inventory name), the repository under pgbackrest/ in pgops' bucket, encrypted, with a first full backup."""
+    bucket = s3().list_objects_v2(Bucket=VARS["example_bucket"], Prefix="pgbackrest/")
+    assert bucket["KeyCount"] > 0
+    for host, stanza in ((db1, "db-prod-1"), (db2, "db-prod-2")):
+        assert psql(host, "SHOW archive_command") == f"pgbackrest --stanza={stanza} archive-push %p"
+        archiver = psql(
+            host,
+            "SELECT archived_count, last_archived_wal, "
+            "last_archived_time > coalesce(last_failed_time, '-infinity') FROM pg_stat_archiver",
+        ).split("|")
+        assert int(archiver[0]) >= 1 and archiver[2] == "t", (stanza, archiver)
+        out = host.run(f"runuser -u postgres -- pgbackrest --stanza={stanza} info --output=json")
+        assert out.rc == 0, out.stderr
+        (info,) = json.loads(out.stdout)
+        assert info["status"]["code"] == 0, info["status"]
+        assert info["cipher"] == "aes-256-cbc"
+        assert [b["type"] for b in info["backup"]].count("full") >= 1
+        assert info["archive"][0]["max"] >= archiver[1]  # what the server archived is in the repository
+        for kind in ("archive", "backup"):
+            keys = s3().list_objects_v2(Bucket=VARS["example_bucket"], Prefix=f"pgbackrest/{kind}/{stanza}/")
+            assert keys["KeyCount"] > 0, (stanza, kind)
+        assert not [k for k in stored_keys(stanza) if "pgbackrest" in k]
+
+
+def prom_value(host: Any, name: str) -> float:
+    prom = host.file("/var/lib/pgops/metrics/pgops.prom").content_string
+    found = re.search(rf"^{name}\{{[^}}]*\}} (\S+)$", prom, re.MULTILINE)
+    assert found, (name, prom[-2000:])
+    return float(found.group(1))
+
+
+def test_the_refresh_job_keeps_the_rpo_gauges_fresh_from_cron(db1: Any, db2: Any) -> None:
+    """roles/pgbackrest schedules `pgops status --metrics-only` every minute; cron itself runs it here (nothing
+    else writes the physical gauges before the status test below), quietly."""
+    line = (
+        "* * * * * postgres /opt/pgops/venv/bin/pgops status --metrics-only --env-file /etc/pgops/pgops.env "
+        ">>/var/log/pgops/physical-refresh.log 2>&1"
+    )
+    for host in (db1, db2):
+        cron = host.file("/etc/cron.d/pgops-pgbackrest").content_string
+        assert re.findall(r"^# (\w+)$", cron, re.MULTILINE) == ["diff", "full", "refresh"]
+        assert line in cron.splitlines()
+    first = prom_value(db1, "pgops_physical_check_timestamp_seconds")
+    deadline = time.monotonic() + 90
+    while prom_value(db1, "pgops_physical_check_timestamp_seconds") == first and time.monotonic() < deadline:
+        time.sleep(5)
+    checked = prom_value(db1, "pgops_physical_check_timestamp_seconds")
+    assert checked > first, "cron did not refresh the physical gauges within 90 s"
+    for host in (db1, db2):
+        now = float(host.check_output("date +%s"))
+        assert now - prom_value(host, "pgops_physical_check_timestamp_seconds") < 120
+        assert prom_value(host, "pgops_physical_ok") == 1
+        assert 0 <= prom_value(host, "pgops_rpo_seconds") < 300
+        log = host.file("/var/log/pgops/physical-refresh.log")
+        assert log.exists and log.size == 0, log.content_string[-2000:]
+
+
+def test_pgops_status_shows_the_current_rpo_as_a_number_and_exits_0() -> None:
+    """inventory/example/README.md's step 5, as a team runs it: `pgops status` on every server, as postgres."""
+    run = team(
+        "ansible",
+        "pgops_db",
+        "-i",
+        inventory(),
+        "-m",
+        "ansible.builtin.command",
+        "-a",
+        "/opt/pgops/venv/bin/pgops status",
+        "--become-user",
+        "postgres",
+        *vault_pass(),
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    for name in ("db-prod-1", "db-prod-2"):
+        assert re.search(rf"^{name} \| CHANGED \| rc=0 >>$", run.stdout, re.MULTILINE), run.stdout
+    rpos = [int(s) for s in re.findall(r"^  current RPO  (\d+)s, ", run.stdout, re.MULTILINE)]
+    assert len(rpos) == 2 and max(rpos) < 300, run.stdout
+    assert run.stdout.count("  state: ok") == 2 and "STALE" not in run.stdout, run.stdout
 
 
 def test_the_drill_hosts_scheduled_restore_test_restores_the_servers_backups(drill: Any) -> None:
