@@ -88,3 +88,44 @@ def test_one_old_primary_left_unfenced_stops_the_restore_even_when_another_was(t
     assert "db-c (stanza a) cannot be reached" in output and "db-a (stanza a) cannot be reached" not in output
     assert "db-c: not fenced" in output and "Nothing was restored" in output, output[-3000:]
     assert "PLAY [Provision" not in output and "TASK [Find data directories" not in output
+
+
+def test_a_drill_onto_a_host_that_archives_into_the_stanza_is_refused(tmp_path: Path) -> None:
+    """A host that takes no backups but archives (postgresql_archive_mode true) is a primary of the stanza, not a
+    drill host: a real restore would fence it, and a drill would replace its cluster."""
+    inventory = {"all": {"vars": INVENTORY["all"]["vars"], "hosts": dict(INVENTORY["all"]["hosts"])}}
+    hosts = inventory["all"]["hosts"]
+    hosts["drill-a"] = {**hosts["drill-a"], "postgresql_archive_mode": True}
+    output = playbook(tmp_path, inventory, "-e", "pgops_pitr_host=drill-a", "-e", "pgops_pitr_drill=true")
+    assert "pgops_pitr_host=drill-a is not a drill host" in output, output[-3000:]
+    assert "postgresql_archive_mode: false" in output and "Nothing was changed" in output
+    assert "PLAY [Look at the host" not in output and "TASK [Reach the old primary" not in output
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["-e", "pgops_pitr_drill=false"], "verify.yml drills onto pgops_pitr_drill_host=drill-a only"),
+        (["-e", "pgops_pitr_host=db-a"], "verify.yml drills onto pgops_pitr_drill_host=drill-a only"),
+        ([], "Reach the old primary"),  # never asked: the drill fences nothing (checked below)
+    ],
+)
+def test_the_pitr_drill_of_verify_yml_is_always_a_drill(tmp_path: Path, extra: list[str], expected: str) -> None:
+    """verify.yml -e pgops_pitr_drill_host=...: a request that would turn the drill into a takeover is refused on
+    the controller; a good one fences nothing and goes on to the drill host (unreachable here, so it fails there)."""
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(INVENTORY))
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+    argv = [str(PLAYBOOK_BIN), "-i", "inventory.yml", str(ROOT / "playbooks" / "verify.yml")]
+    argv += ["-e", "pgops_pitr_drill_host=drill-a", *extra]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    # The logical drill is not run when only the PITR drill is asked for.
+    assert "Give -e pgops_restore_host" not in output, output[-3000:]
+    if extra:
+        assert expected in output and "Nothing was changed" in output, output[-3000:]
+        assert "PLAY [Look at the host" not in output, output[-3000:]
+    else:
+        assert "TASK [Reach the old primary" not in output, output[-3000:]
+        assert "PLAY [Look at the host before anything changes there]" in output, output[-3000:]
+        assert "drill-a" in output and "UNREACHABLE" in output, output[-3000:]

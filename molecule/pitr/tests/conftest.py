@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import testinfra
-from tests.fixtures.instances import run_as_postgres  # the project root is on sys.path (pyproject's pythonpath)
+from tests.fixtures.instances import psql, run_as_postgres  # the project root is on sys.path (pyproject's pythonpath)
 
 DB12, DB13, STORE = "pgops-pitr-db12", "pgops-pitr-db13", "pgops-pitr-store"
 # Each host's stanza is its inventory name (group_vars/pgops_postgres.yml); new12 takes over db12's.
@@ -32,3 +33,26 @@ def info(host: Any, stanza: str) -> dict[str, Any]:
     (entry,) = json.loads(out)
     result: dict[str, Any] = entry
     return result
+
+
+def ansible_playbook(playbook: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """A playbook (a name under playbooks/, or an absolute path) against the scenario's inventory, as an operator
+    runs it; its result, never raised."""
+    project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+    env = {
+        **os.environ,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_ROLES_PATH": str(project / "roles"),
+        "PGOPS_DIST": str(project / "dist"),
+    }
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    argv = ["ansible-playbook", "--inventory", inventory, str(project / "playbooks" / playbook)]
+    return subprocess.run([*argv, *extra], capture_output=True, text=True, env=env, check=False, timeout=1800)
+
+
+def archiver(host: Any) -> tuple[int, int, str]:
+    """pg_stat_archiver's archived_count, failed_count and last_archived_wal ('' when none) on a host."""
+    row = psql(host, "SELECT archived_count, failed_count, coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+    archived, failed, last = row.strip().split("|")
+    return int(archived), int(failed), last

@@ -1,7 +1,7 @@
 """What roles/pgbackrest must leave behind (issue 12): a proven stanza, secrets only in 0640 files, working
 WAL archiving, scheduled full backups in the repository, and a refusal of a second cluster under one stanza.
 
-The last test changes db13 (it points it at db12's stanza); keep it last in this file.
+The last test points db13 at db12's stanza, then converges it back to its own; keep it last in this file.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import pytest
 from tests.fixtures.instances import psql
 
-from conftest import CONFIG, DB12, DB13, SECRETS, STANZA, ephemeral, host_of, info
+from conftest import CONFIG, DB12, DB13, SECRETS, STANZA, ansible_playbook, ephemeral, host_of, info
 
 # Each test names its hosts itself; run each once.
 testinfra_hosts = [f"podman://{DB12}"]
@@ -172,3 +172,8 @@ def test_a_second_cluster_under_the_same_stanza_is_refused_and_the_repository_is
     assert after["db"] == before["db"]
     assert [b["label"] for b in after["backup"]] == [b["label"] for b in before["backup"]]
     assert [a["database"] for a in after["archive"]] == [a["database"] for a in before["archive"]]
+    # Put db13 back on its own stanza (its inventory), as the operator would after the refusal: the PITR drill
+    # (test_pitr_drill.py) drills db13's stanza while db13 archives into it.
+    back = ansible_playbook(os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml"), "--limit", DB13)
+    assert back.returncode == 0, back.stdout[-3000:] + back.stderr[-2000:]
+    assert psql(db13, "SHOW archive_command").strip() == f"pgbackrest --stanza={DB13} archive-push %p"
