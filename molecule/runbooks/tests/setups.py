@@ -329,14 +329,19 @@ def _inventory_groups(change: Callable[[dict[str, Any]], None]) -> None:
 
 
 def _payments_writer() -> str:
-    """A payment row every 0.2 s for 20 s as the application's owner; what was acknowledged, as `id|paid_at`."""
+    """The payments table, archived (a restore point switches WAL and waits for the archive); then a payment
+    row every 0.2 s for 75 s as the application's owner, longer than archive_timeout (60 s), so that the
+    archive holds the first ones and not the newest. What was acknowledged, as `id|paid_at`."""
     return must(
         "db",
         f"""
         {PSQL} -d billing -c 'SET ROLE billing_owner' -c 'CREATE TABLE payments (id bigserial PRIMARY KEY,
           invoice_id int NOT NULL, amount numeric(12, 2) NOT NULL,
           paid_at timestamptz NOT NULL DEFAULT clock_timestamp())'
-        for i in $(seq 1 100); do
+        {PGOPS} restore-point --reason payments-table >/dev/null 2>&1
+        end=$((SECONDS + 75)); i=0
+        while [ $SECONDS -lt $end ]; do
+          i=$((i + 1))
           {PSQL} -At -d billing -c "INSERT INTO payments (invoice_id, amount) VALUES ($i, 10.00) RETURNING id, paid_at"
           sleep 0.2
         done
