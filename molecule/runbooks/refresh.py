@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.fixtures.runbooks import RUNBOOK_DIR, parse
 
-NAMES = (("pgops-rb-restore", "db-prod-2"), ("pgops-rb-db", "db-prod-1"))
+NAMES = (("pgops-rb-restore", "db-prod-2"), ("pgops-rb-db", "db-prod-1"), ("pgops-rb-pitr", "db-scratch"))
 KEEP = 7  # lines kept at each end of long output
 
 

@@ -55,7 +55,7 @@ def test_a_block_without_a_marker_fails_naming_its_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("marker", "message"),
     [
-        ("host=laptop", "host=laptop: valid hosts are db, restore, store, controller"),
+        ("host=laptop", "host=laptop: valid hosts are db, restore, scratch, store, controller"),
         ("setup=x", "marker without host="),
         ("host=db when=later", "marker option 'when=later'"),
         ("not run: short", "marker option 'not'"),
@@ -112,3 +112,19 @@ def test_output_is_compared_after_the_conventions_normalisation() -> None:
     assert missing_output(shown, actual.replace("into=billing", "into=billing_side")) == [normalise(shown[0])]
     # Order matters: a shown line that only appears before the previous match is missing.
     assert missing_output((shown[2], shown[0]), actual) == [normalise(shown[0])]
+
+
+def test_pgbackrest_labels_and_wal_names_are_placeholders() -> None:
+    shown = ("  newest diff  20261203-192517F_20261203-193002D  finished 2026-12-03T19:30:05.000Z",)
+    actual = "  newest diff  20261204-010001F_20261204-020002D  finished 2026-12-04T02:00:04.000Z\n"
+    assert missing_output(shown, actual) == []
+    wal = "WAL archive  ok; last archived 000000010000000000000005.00000028.backup at 2026-12-03T19:25:20.420Z"
+    other = wal.replace("000000010000000000000005.00000028", "000000020000000000000017.000000A0")
+    assert other != wal and normalise(wal) == normalise(other)
+    assert missing_output(("full backup: 20261203-192517F",), "diff backup: 20261203-192517F_20261203-193002D") != []
+
+
+def test_a_utc_stamp_in_a_name_is_a_placeholder_but_an_id_stays_an_id() -> None:
+    shown = "event=restore_point_created name=pgops-before-repair-20261203T195110Z lsn=0/1C577110"
+    assert missing_output((shown,), shown.replace("20261203T195110Z", "20261204T081502Z")) == []
+    assert normalise("id=20261203T195110Z-ab12cd") == "id=<ID>"

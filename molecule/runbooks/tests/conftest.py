@@ -17,8 +17,10 @@ import textwrap
 import time
 from pathlib import Path
 
-CONTAINERS = {"db": "pgops-rb-db", "restore": "pgops-rb-restore", "store": "pgops-rb-store"}
-WORKDIR = {"db": "/var/lib/postgresql", "restore": "/root", "store": "/root"}
+CONTAINERS = {"db": "pgops-rb-db", "restore": "pgops-rb-restore", "store": "pgops-rb-store", "scratch": "pgops-rb-pitr"}
+WORKDIR = {"db": "/var/lib/postgresql", "restore": "/root", "store": "/root", "scratch": "/root"}
+# The hosts' addresses (molecule.yml), for the `ssh <host>` of a block run from the operator's workstation.
+ADDRESS = {"db": "10.213.51.10", "restore": "10.213.51.30", "scratch": "10.213.51.40"}
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 INVENTORY = EPHEMERAL / "rb-inventory"

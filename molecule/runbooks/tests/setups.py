@@ -13,6 +13,9 @@ import datetime
 import json
 import time
 from collections.abc import Callable
+from typing import Any
+
+import yaml
 
 from conftest import EPHEMERAL, INVENTORY, PROJECT, copy_inventory, must, podman_cp, run_script
 
@@ -317,6 +320,93 @@ def rotate_add() -> dict[str, str]:
     return {"20261122T080051Z-8e2fb5": old_id}
 
 
+def _inventory_groups(change: Callable[[dict[str, Any]], None]) -> None:
+    """Change the groups of the test's copy of the inventory, as the operator edits theirs."""
+    path = INVENTORY / "ansible_inventory.yml"
+    inventory = yaml.safe_load(path.read_text(encoding="utf-8"))
+    change(inventory)
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False), encoding="utf-8")
+
+
+def _payments_writer() -> str:
+    """The payments table, archived (a restore point switches WAL and waits for the archive); then a payment
+    row every 0.2 s for 75 s as the application's owner, longer than archive_timeout (60 s), so that the
+    archive holds the first ones and not the newest. What was acknowledged, as `id|paid_at`."""
+    return must(
+        "db",
+        f"""
+        {PSQL} -d billing -c 'SET ROLE billing_owner' -c 'CREATE TABLE payments (id bigserial PRIMARY KEY,
+          invoice_id int NOT NULL, amount numeric(12, 2) NOT NULL,
+          paid_at timestamptz NOT NULL DEFAULT clock_timestamp())'
+        {PGOPS} restore-point --reason payments-table >/dev/null 2>&1
+        end=$((SECONDS + 75)); i=0
+        while [ $SECONDS -lt $end ]; do
+          i=$((i + 1))
+          {PSQL} -At -d billing -c "INSERT INTO payments (invoice_id, amount) VALUES ($i, 10.00) RETURNING id, paid_at"
+          sleep 0.2
+        done
+        """,
+    )
+
+
+def p1() -> dict[str, str]:
+    """P1: db-prod-1 takes payments until its server is killed (cron is stopped too: the host is lost). db-prod-2
+    becomes the new host: the cluster A restored there is dropped, and the inventory puts it in db-prod-1's group
+    (pgops_db: the stanza, archiving), as the procedure's first step says. What the writer acknowledged goes to
+    p1-acknowledged.txt in the ephemeral directory: the RPO is what of it did not come back."""
+    acked = _payments_writer()
+    # SIGKILL to every server process: no shutdown checkpoint, no last segment archived (`pg_ctlcluster stop -m
+    # immediate` goes through systemctl under systemd, which shuts down cleanly and archives the last segment).
+    must("db", "systemctl stop cron; systemctl kill -s SIGKILL postgresql@15-main; sleep 2")
+    must("db", "! pg_lsclusters -h | grep -q online")
+    (EPHEMERAL / "p1-acknowledged.txt").write_text(f"{_now()} killed after:\n{acked}", encoding="utf-8")
+    must("restore", "pg_dropcluster --stop 15 main; pg_lsclusters")
+
+    def move(inv: dict[str, Any]) -> None:
+        inv["pgops_db"]["hosts"]["pgops-rb-restore"] = dict(inv["pgops_restore"]["hosts"]["pgops-rb-restore"] or {})
+
+    _inventory_groups(move)
+    return {}
+
+
+def p2() -> dict[str, str]:
+    """P2: db-prod-1 is out of the inventory (P1's last step). On db-prod-2, the new primary, a wrong UPDATE (the
+    WHERE forgotten), then the application writes on (a new invoice). The log line's time is bound to the one the
+    runbook shows."""
+
+    def drop(inv: dict[str, Any]) -> None:
+        for group in inv.values():
+            if isinstance(group, dict) and isinstance(group.get("hosts"), dict):
+                group["hosts"].pop("pgops-rb-db", None)
+
+    _inventory_groups(drop)
+    must(
+        "restore",
+        f"""
+        sleep 1.5
+        {PSQL} -d billing -c 'SET ROLE billing_owner' -c 'UPDATE invoices SET total = 0'
+        sleep 1.5
+        {PSQL} -d billing -c 'SET ROLE billing_owner' -c 'INSERT INTO invoices (customer_id, total) VALUES (12, 45.50)'
+        """,
+    )
+    line = must("restore", "grep 'statement: UPDATE invoices SET total = 0' /var/log/postgresql/postgresql-15-main.log")
+    day, clock = line.strip().split("\n")[-1].split()[:2]
+    return {"2026-12-03T19:40:01.123Z": f"{day}T{clock}Z"}
+
+
+def p1_adopt() -> dict[str, str]:
+    """P1, after: db-prod-2's backup target still belongs to the cluster section A restored there; the cluster
+    id the runbook shows is bound to that one."""
+    first = must("restore", f"cd /tmp; {PGOPS} list 2>/dev/null | head -n 1")
+    return {"7715165825372633554": first.split("cluster ")[1].split()[0]}
+
+
+def status_stale() -> dict[str, str]:
+    """Reading status: a row written on db-prod-2 a few seconds after its last archived segment."""
+    must("restore", f"sleep 3; {PSQL} -d billing -c 'INSERT INTO invoices (customer_id, total) VALUES (12, 1.00)'")
+    return {}
+
+
 SETUPS: dict[str, Callable[[], dict[str, str]]] = {
     "lose-db": lose_db,
     "a2": a2,
@@ -337,4 +427,8 @@ SETUPS: dict[str, Callable[[], dict[str, str]]] = {
     "ops": ops,
     "restore-test": restore_test,
     "rotate-add": rotate_add,
+    "p1": p1,
+    "p1-adopt": p1_adopt,
+    "p2": p2,
+    "status-stale": status_stale,
 }

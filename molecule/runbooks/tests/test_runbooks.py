@@ -24,7 +24,7 @@ import pytest
 import setups
 from tests.fixtures.runbooks import Block, all_blocks, missing_output, normalise
 
-from conftest import EPHEMERAL, INVENTORY, copy_inventory, run_commands, run_script
+from conftest import ADDRESS, EPHEMERAL, INVENTORY, copy_inventory, run_commands, run_script
 
 BLOCKS = all_blocks()
 CAPTURE = EPHEMERAL / "runbook-capture.md"
@@ -37,9 +37,17 @@ TOOL_ERROR = re.compile(r"^(ERROR|FATAL|PANIC):|^\S+: error:|^\s+ERROR:", re.MUL
 _state: dict[str, Any] = {"bindings": {}, "learned": {}, "inventory": False, "json": []}
 
 
+NAMES = (("db-prod-1", "pgops-rb-db"), ("db-prod-2", "pgops-rb-restore"), ("db-scratch", "pgops-rb-pitr"))
+
+
 def _static() -> list[tuple[str, str]]:
     pub = (EPHEMERAL / "age.pub").read_text().strip() if (EPHEMERAL / "age.pub").exists() else "age1"
+    # `ssh <host>` from the operator's workstation: the scenario's key, as root, to the host's address.
+    ssh = f"ssh -i {EPHEMERAL}/id_ed25519 -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR"
     return [
+        ("ssh db-prod-1 ", f"{ssh} root@{ADDRESS['db']} "),
+        ("ssh db-prod-2 ", f"{ssh} root@{ADDRESS['restore']} "),
+        ("ssh db-scratch ", f"{ssh} root@{ADDRESS['scratch']} "),
         ("<lost host's PGOPS_TARGET>", "pgops-rb-db"),
         ("<lost host>", "pgops-rb-db"),
         ("<new host>", "pgops-rb-restore"),
@@ -54,8 +62,7 @@ def _static() -> list[tuple[str, str]]:
         ("PGOPS_S3_ACCESS_KEY_ID=...", "PGOPS_S3_ACCESS_KEY_ID=rb-access-key"),
         ("PGOPS_S3_SECRET_ACCESS_KEY=...", "PGOPS_S3_SECRET_ACCESS_KEY=rb-secret-key"),
         ("PGOPS_AGE_RECIPIENTS=age1...", f"PGOPS_AGE_RECIPIENTS={pub}"),
-        ("db-prod-1", "pgops-rb-db"),
-        ("db-prod-2", "pgops-rb-restore"),
+        *NAMES,
     ]
 
 
@@ -91,7 +98,9 @@ def _learn(shown: tuple[str, ...], actual: str, where: tuple[str, int, int]) -> 
 
 
 def _substitute_names(text: str) -> str:
-    return text.replace("db-prod-1", "pgops-rb-db").replace("db-prod-2", "pgops-rb-restore")
+    for shown, real in NAMES:
+        text = text.replace(shown, real)
+    return text
 
 
 def _expected_rc(shown: tuple[str, ...]) -> int | None:
