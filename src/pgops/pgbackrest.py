@@ -196,9 +196,16 @@ def parse_info(text: str, stanza: str) -> StanzaInfo:
     )
 
 
+# `info` reads four small files. With the repository unreachable, pgBackRest retries each one until io-timeout
+# (60 s by default): one `pgops status` took 4 minutes in molecule/pitr's store outage, longer than the refresh job's
+# minute. The view gives up after a few seconds instead and reports the repository unreadable (status exits 11).
+INFO_IO_TIMEOUT = 5
+
+
 def read_stanza_info(settings: Settings) -> StanzaInfo:
     # console logging off: stdout is the JSON only, even when pgBackRest warns
-    out = run_pgbackrest(settings, "--output=json", "--log-level-console=off", "info", log_file=False)
+    argv = ("--output=json", "--log-level-console=off", f"--io-timeout={INFO_IO_TIMEOUT}", "info")
+    out = run_pgbackrest(settings, *argv, log_file=False)
     return parse_info(out, settings.pgbackrest_stanza)
 
 
