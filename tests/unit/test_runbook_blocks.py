@@ -128,3 +128,12 @@ def test_a_utc_stamp_in_a_name_is_a_placeholder_but_an_id_stays_an_id() -> None:
     shown = "event=restore_point_created name=pgops-before-repair-20261203T195110Z lsn=0/1C577110"
     assert missing_output((shown,), shown.replace("20261203T195110Z", "20261204T081502Z")) == []
     assert normalise("id=20261203T195110Z-ab12cd") == "id=<ID>"
+
+
+def test_a_float_is_a_float_whatever_the_number_of_its_digits() -> None:
+    shown = 'pgops_restore_test_duration_seconds{database="appdb",target="db-prod-1"} 0.25507642599950486'
+    actual = shown.replace("0.25507642599950486", "0.257368956998107") + "\n"
+    assert missing_output((shown,), actual) == []
+    stamp = 'pgops_restore_test_last_success_timestamp_seconds{database="appdb"} 1.7963036739333925e+09'
+    assert missing_output((stamp,), stamp.replace("1.7963036739333925e+09", "1.796333028099276e+09")) == []
+    assert normalise("database system identifier 7443165327893477144") == "database system identifier <SYSID>"
