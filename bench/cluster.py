@@ -249,9 +249,9 @@ class PgBackRest:
         """command() run as the postgres OS user."""
         return as_postgres(self.command(*args))
 
-    @property
-    def archive_command(self) -> str:
-        return f"pgbackrest --config={self.conf} --stanza={self.STANZA} archive-push %p"
+    def archive_command(self, *options: str) -> str:
+        """The archive_command that pushes through this stanza, with extra pgBackRest options (e.g. async)."""
+        return " ".join([*self.command(*options), "archive-push", "%p"])
 
     def stanza_create(self) -> None:
         subprocess.run(self.argv("stanza-create"), check=True, capture_output=True)

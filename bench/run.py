@@ -184,7 +184,7 @@ class Bench:
         self.moto.empty(BUCKET, prefix)
 
     def pgbackrest(self) -> None:
-        self.cluster.set_archive_command(self.pgbr.archive_command)
+        self.cluster.set_archive_command(self.pgbr.archive_command())
         try:
             with self.tolerate(name := "pgBackRest full backup (zst 1, 2 processes)"):
                 s, _ = self.measure(name, self.pgbr.argv("backup", "--type=full"))

@@ -74,10 +74,8 @@ class WalBench:
         if variant == NONE:
             return "/bin/true"
         if variant == SYNC:
-            return self.pgbr.archive_command
-        return self.pgbr.archive_command.replace(
-            " archive-push ", f" --archive-async --spool-path={self.spool} --process-max=2 archive-push "
-        )
+            return self.pgbr.archive_command()
+        return self.pgbr.archive_command("--archive-async", f"--spool-path={self.spool}", "--process-max=2")
 
     def _conn(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.cluster.dsn("postgres"), autocommit=True)
