@@ -93,6 +93,12 @@ class PgConn:
             raise PostgresError(f"cannot connect to database {dbname!r}: {_first_line(e)}") from None
 
 
+def in_recovery(conn: psycopg.Connection[Any]) -> bool:
+    """True on a server in recovery: a standby (a Patroni replica), or a restored server not yet promoted."""
+    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__

@@ -31,7 +31,7 @@ from pgops.errors import ConfigError, PgOpsError, PostgresError, RestoreRefused
 from pgops.lock import target_lock
 from pgops.log import q
 from pgops.manifest import iso, utcnow
-from pgops.pg import PgConn
+from pgops.pg import PgConn, in_recovery
 from pgops.physical_run import lock_name, require_not_root, require_stanza, run_pgbackrest
 from pgops.settings import Settings
 
@@ -318,8 +318,8 @@ def _wait_promoted(conn: PgConn, timeout: float) -> None:
     while True:
         try:
             with conn.connect("postgres") as c:
-                row = c.execute("SELECT pg_is_in_recovery()").fetchone()
-            if row is not None and not row[0]:
+                recovering = in_recovery(c)
+            if not recovering:
                 return
             last = "the server is still in recovery"
         except PgOpsError as e:

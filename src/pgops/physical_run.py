@@ -21,7 +21,7 @@ from pgops import proc
 from pgops.errors import ConfigError, PgbackrestError
 from pgops.lock import target_lock
 from pgops.log import q, shorten
-from pgops.pg import PgConn
+from pgops.pg import PgConn, in_recovery
 from pgops.pgbackrest import BACKUP_TYPES, PGBACKREST_BIN, PhysicalBackup, child_env, read_stanza_info
 from pgops.settings import Settings
 
@@ -127,12 +127,6 @@ def _relay(command: str, line: str, out: RunOutput) -> None:
     )
 
 
-def in_recovery(settings: Settings) -> bool:
-    with PgConn.from_settings(settings).connect("postgres") as c:
-        row = c.execute("SELECT pg_is_in_recovery()").fetchone()
-    return bool(row and row[0])
-
-
 def newest_backup(settings: Settings) -> PhysicalBackup | None:
     """The backup just taken, for the log and --json (the view's own reader of `pgbackrest info`). A failure to
     read it does not fail the backup, which pgBackRest already reported done."""
@@ -164,7 +158,9 @@ def run_physical_backup(settings: Settings, backup_type: str) -> PhysicalBackupR
     stanza = require_stanza(settings)
     require_not_root("physical-backup")
     started = time.time()
-    if in_recovery(settings):
+    with PgConn.from_settings(settings).connect("postgres") as c:
+        recovering = in_recovery(c)
+    if recovering:
         log.info("event=physical_backup_skipped reason=in_recovery stanza=%s type=%s", q(stanza), backup_type)
         return PhysicalBackupResult(backup_type, started, 0.0, skipped=True)
     with target_lock(settings.lock_dir, lock_name(stanza)):
