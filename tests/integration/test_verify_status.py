@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -126,29 +123,6 @@ def test_metrics_textfile_parses_and_keeps_last_success(engine: Engine, verify_d
     third = _metrics(metrics_dir / "pgops.prom")
     assert third[("pgops_verify_last_attempt_success", verify_db)] == 1
     assert not list(metrics_dir.glob("*.tmp*"))  # written atomically, no temp file left
-
-
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    paths: ClassVar[list[str]] = []
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        type(self).paths.append(self.path)
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        return
-
-
-@pytest.fixture
-def heartbeat_server() -> Iterator[tuple[str, list[str]]]:
-    _Recorder.paths = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/ping/check-uuid-secret", _Recorder.paths
-    server.shutdown()
 
 
 def test_heartbeat_pings_start_success_and_failure_never_fatal(
