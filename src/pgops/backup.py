@@ -1,6 +1,9 @@
 """`pgops backup`: one cron run. Lock the target, prove it is ours and the clock sane (ownership.py), then
 the roles (pg_dumpall --globals-only) and each database (dump.py). One failure does not stop the rest;
 a database that cannot be backed up is a failed unit that names it, never a silent skip.
+
+With PGOPS_BACKUP_FROM=primary a run on a server in recovery is skipped before any of that (skipped_here):
+the same schedule on every member of a Patroni cluster backs up from the leader only.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pgops.errors import (
     Interrupted,
     PartialFailure,
     PgOpsError,
+    PostgresError,
     StorageError,
 )
 from pgops.lock import target_lock
@@ -26,6 +30,7 @@ from pgops.manifest import (
 from pgops.ownership import check_clock
 from pgops.pg import (
     PgConn,
+    in_recovery,
     is_leftover,
     list_databases,
 )
@@ -55,6 +60,28 @@ class BackupReport:
             raise PartialFailure(
                 f"{len(self.failures)} of {self.total} backups failed: {', '.join(sorted(self.failures))}"
             )
+
+
+def skipped_here(settings: Settings) -> bool:
+    """PGOPS_BACKUP_FROM=primary and the server is in recovery: log event=backup_skipped and return True; the
+    caller then does nothing (no lock, no store). A server that cannot be asked is no reason to skip: the run
+    goes on and fails with its own error, exit code and metrics."""
+    if settings.backup_from != "primary":
+        return False
+    import psycopg
+
+    try:
+        with PgConn.from_settings(settings).connect("postgres") as c:
+            recovering = in_recovery(c)
+    except (PostgresError, psycopg.Error):
+        return False
+    if recovering:
+        log.info(
+            "event=backup_skipped reason=in_recovery target=%s backup_from=primary hint=%s",
+            q(settings.target),
+            q("a standby; the primary's run backs up"),
+        )
+    return recovering
 
 
 def resolve_databases(conn: PgConn, wanted: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:

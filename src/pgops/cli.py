@@ -94,6 +94,7 @@ def cmd_backup(settings: Settings, ns: argparse.Namespace) -> ExitCode:
     except PgOpsError:
         # nothing was backed up: every database this host reported before has a failed attempt now
         metrics.update(settings, lambda state: _mark_all_failed(state, attempt))
+        metrics.set_backup_skipped_replica(settings, False)
         raise
     finally:
         if progress:
@@ -114,6 +115,7 @@ def cmd_backup(settings: Settings, ns: argparse.Namespace) -> ExitCode:
             metrics.set_fields(state, name, backup_last_attempt=attempt, backup_last_result=0)
 
     metrics.update(settings, record)
+    metrics.set_backup_skipped_replica(settings, False)
     for m in report.manifests:
         log.info("event=stored database=%s id=%s key=%s", pglog.q(m.database or "@globals"), m.id, pglog.q(m.key))
     if ns.json:
@@ -473,25 +475,44 @@ def _failed(command: str, e: PgOpsError) -> int:
     return int(e.exit_code)
 
 
+def _skipped(settings: Settings, ns: argparse.Namespace) -> bool:
+    """A backup that is not this host's (PGOPS_BACKUP_FROM=primary on a replica). Asked before the heartbeat's
+    start ping: a skip pings nothing, so it is neither a success nor a failure of the check (the leader's run
+    pings it), and it leaves every per-database metric as it was; only pgops_backup_skipped_replica says so."""
+    from pgops.backup import skipped_here
+
+    if ns.command != "backup" or not skipped_here(settings):
+        return False
+    metrics.set_backup_skipped_replica(settings, True)
+    return True
+
+
 def _dispatch(settings: Settings, ns: argparse.Namespace) -> int:
-    """Run one command; every exception becomes an exit code here, and only here."""
+    """Run one command with its heartbeat; every exception becomes an exit code here, and only here."""
+    heartbeat = ns.command in HEARTBEAT_COMMANDS
     try:
+        if _skipped(settings, ns):
+            return int(ExitCode.OK)
+        if heartbeat:
+            metrics.ping(settings, "start")
         code = int(COMMANDS[ns.command](settings, ns))
         sys.stdout.flush()  # inside the try: a reader that went away is seen here, not at interpreter exit
     except PgOpsError as e:
-        return _failed(ns.command, e)
+        code = _failed(ns.command, e)
     except BrokenPipeError:
         # The reader of our output went away (`| head`, `| true`): quiet, like other command-line tools.
         # Point stdout at /dev/null so the interpreter's final flush does not raise again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-        return int(ExitCode.BROKEN_PIPE)
+        code = int(ExitCode.BROKEN_PIPE)
     except KeyboardInterrupt:
-        return int(ExitCode.INTERRUPTED)
+        code = int(ExitCode.INTERRUPTED)
     except Exception:
         log.exception("event=failed command=%s exit=%d error_type=bug", ns.command, int(ExitCode.FAILURE))
-        return int(ExitCode.FAILURE)
+        code = int(ExitCode.FAILURE)
+    if heartbeat:
+        metrics.ping(settings, "" if code == 0 else str(code))
     return code
 
 
@@ -508,13 +529,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         except PgOpsError as e:
             return _failed(ns.command, e)
         pglog.configure(settings.log_format, settings.log_level)
-        heartbeat = ns.command in HEARTBEAT_COMMANDS
-        if heartbeat:
-            metrics.ping(settings, "start")
-        code = _dispatch(settings, ns)
-        if heartbeat:
-            metrics.ping(settings, "" if code == 0 else str(code))
-        return code
+        return _dispatch(settings, ns)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)

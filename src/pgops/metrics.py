@@ -132,6 +132,16 @@ PHYSICAL_TYPED_GAUGES: dict[str, tuple[str, str]] = {
 }
 PHYSICAL_TYPES = ("full", "diff", "incr")
 PHYSICAL_PREFIX = "@physical/"  # state key "@physical/<target>" -> stanza -> fields; no target starts with "@"
+# Facts about this host's runs rather than a database's backups; label target only.
+RUN_GAUGES: dict[str, tuple[str, str]] = {
+    "pgops_backup_skipped_replica": (
+        "1 if the last pgops backup skipped this host, a server in recovery, because PGOPS_BACKUP_FROM=primary; "
+        "0 after a run that backed up.",
+        "backup_skipped_replica",
+    ),
+}
+RUN_PREFIX = "@run/"  # state key "@run/<target>" -> RUN_GROUP -> fields
+RUN_GROUP = "backup"
 
 State = dict[str, dict[str, dict[str, float]]]  # target -> database -> field -> value
 
@@ -179,31 +189,53 @@ def render(state: State, path: Path) -> None:
     from prometheus_client import CollectorRegistry, write_to_textfile
 
     registry = CollectorRegistry()
-    logical = {t: v for t, v in state.items() if not t.startswith(PHYSICAL_PREFIX)}
+    logical = {t: v for t, v in state.items() if not t.startswith("@")}
     physical = {t.removeprefix(PHYSICAL_PREFIX): v for t, v in state.items() if t.startswith(PHYSICAL_PREFIX)}
     _gauges(registry, GAUGES, "database", logical)
     _gauges(registry, PHYSICAL_GAUGES, "stanza", physical)
     _gauges(registry, PHYSICAL_TYPED_GAUGES, "stanza", physical, PHYSICAL_TYPES)
+    runs = {t.removeprefix(RUN_PREFIX): v.get(RUN_GROUP, {}) for t, v in state.items() if t.startswith(RUN_PREFIX)}
+    _run_gauges(registry, runs)
     write_to_textfile(str(path), registry)
 
 
+def _run_gauges(registry: Any, per_target: dict[str, dict[str, float]]) -> None:
+    from prometheus_client import Gauge
+
+    for name, (help_text, field) in RUN_GAUGES.items():
+        gauge = Gauge(name, help_text, ["target"], registry=registry)
+        for target, fields in sorted(per_target.items()):
+            if field in fields:
+                gauge.labels(target=target).set(fields[field])
+
+
 def update(
-    settings: Settings, change: Callable[[dict[str, dict[str, float]]], None], *, physical: bool = False
+    settings: Settings,
+    change: Callable[[dict[str, dict[str, float]]], None],
+    *,
+    physical: bool = False,
+    run: bool = False,
 ) -> bool:
-    """Apply `change` to this target's per-database state (physical: its per-stanza state) and rewrite
-    pgops.prom. Never raises: False when there is no PGOPS_METRICS_DIR or it could not be written."""
+    """Apply `change` to this target's per-database state (physical: its per-stanza state; run: its per-run
+    state, RUN_GROUP) and rewrite pgops.prom. Never raises: False when there is no PGOPS_METRICS_DIR or it could
+    not be written."""
     if not settings.metrics_dir:
         return False
     directory = Path(settings.metrics_dir)
+    prefix = PHYSICAL_PREFIX if physical else RUN_PREFIX if run else ""
     try:
         with _locked_state(directory) as state:
-            key = PHYSICAL_PREFIX + settings.target if physical else settings.target
-            change(state.setdefault(key, {}))
+            change(state.setdefault(prefix + settings.target, {}))
             render(state, directory / PROM_FILE)
     except OSError as e:
         log.warning("event=metrics_write_failed dir=%s error=%r", directory, e.strerror)
         return False
     return True
+
+
+def set_backup_skipped_replica(settings: Settings, skipped: bool) -> bool:
+    """pgops_backup_skipped_replica of this target: 1 after a backup run skipped on a replica, 0 after one that ran."""
+    return update(settings, lambda s: set_fields(s, RUN_GROUP, backup_skipped_replica=1 if skipped else 0), run=True)
 
 
 def set_fields(per_db: dict[str, dict[str, float]], database: str | None, **fields: float) -> None:

@@ -279,6 +279,17 @@ SPECS: tuple[Spec, ...] = (
         "Also store pg_dumpall --globals-only (roles, tablespaces) once per run.",
         "true",
     ),
+    Spec(
+        "BACKUP_FROM",
+        _choice("any", "primary"),
+        "any",
+        "Which server `pgops backup` may back up. any: the one PG_CONNINFO reaches, a standby too. primary: "
+        "on a server in recovery (a standby, a Patroni replica) it logs `event=backup_skipped "
+        "reason=in_recovery` and exits 0, with no lock, no store access and no heartbeat ping, and sets "
+        "`pgops_backup_skipped_replica` to 1. For the same schedule on every member of a Patroni cluster (with "
+        "one TARGET for all): only the leader backs up, and after a failover the new leader's run takes over.",
+        "primary",
+    ),
     # --- how to connect -------------------------------------------------------------------------
     Spec(
         "PG_CONNINFO",
@@ -590,6 +601,7 @@ class Settings:
     databases: tuple[str, ...]
     exclude_databases: tuple[str, ...]
     globals: bool
+    backup_from: str
     pg_conninfo: str
     pg_password: Secret
     pg_bindir: str

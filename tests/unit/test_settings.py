@@ -38,6 +38,7 @@ def test_precedence_env_file_then_environment_then_flags() -> None:
         ({"PGOPS_MIN_KEEP": "0"}, "valid values: an integer >= 1"),
         ({"PGOPS_MAX_AGE": "30 days"}, "like 36h, 90d"),
         ({"PGOPS_RETENTION_TIMEZONE": "Mars/Olympus"}, "IANA names"),
+        ({"PGOPS_BACKUP_FROM": "leader"}, "PGOPS_BACKUP_FROM='leader' is not valid; valid values: any, primary"),
     ],
 )
 def test_bad_input_names_the_key_and_valid_values(env: dict[str, str], needle: str) -> None:
@@ -80,6 +81,7 @@ def test_defaults_are_valid_and_documented() -> None:
     assert s.s3_verify_tls is True and s.s3_request_checksum == "when_required"
     assert (s.min_keep, s.grace_period, s.max_age, s.retention_timezone) == (1, 36 * 3600, 0, "UTC")
     assert build_settings({}, {"PGOPS_MAX_AGE": "2w"}).max_age == 14 * 86400
+    assert s.backup_from == "any" and build_settings({}, {"PGOPS_BACKUP_FROM": "Primary"}).backup_from == "primary"
     from pgops.reference import render
 
     docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
