@@ -136,7 +136,7 @@ PHYSICAL_PREFIX = "@physical/"  # state key "@physical/<target>" -> stanza -> fi
 RUN_GAUGES: dict[str, tuple[str, str]] = {
     "pgops_backup_skipped_replica": (
         "1 if the last pgops backup skipped this host, a server in recovery, because PGOPS_BACKUP_FROM=primary; "
-        "0 after a run that backed up.",
+        "0 after a run that did not skip (it backed up, or failed).",
         "backup_skipped_replica",
     ),
 }
