@@ -12,9 +12,14 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.runbooks import (
+    HA_HOSTS,
+    HA_RUNBOOK_FILES,
     HOSTS,
+    RUNBOOK_DIR,
+    RUNBOOK_FILES,
     RunbookSyntaxError,
     all_blocks,
+    ha_blocks,
     missing_output,
     normalise,
     parse,
@@ -33,8 +38,19 @@ def test_every_command_block_of_the_runbooks_has_a_marker() -> None:
             assert b.commands(), f"{b.where}: a console block without a `$ ` command"
 
 
+def test_the_high_availability_runbook_runs_on_the_ha_scenarios_hosts() -> None:
+    blocks = ha_blocks()
+    assert len(blocks) >= 8, f"only {len(blocks)} command blocks found in {HA_RUNBOOK_FILES}"
+    for b in blocks:
+        assert b.not_run is not None or b.host in HA_HOSTS, b.where
+
+
+def test_every_runbook_is_run_by_a_scenario() -> None:
+    assert {p.name for p in RUNBOOK_DIR.glob("*.md")} - {"README.md"} == {*RUNBOOK_FILES, *HA_RUNBOOK_FILES}
+
+
 def test_blocks_that_are_not_run_are_rare_and_say_why() -> None:
-    not_run = [b for b in all_blocks() if b.not_run is not None]
+    not_run = [b for b in [*all_blocks(), *ha_blocks()] if b.not_run is not None]
     assert len(not_run) <= MAX_NOT_RUN, [f"{b.where}: {b.not_run}" for b in not_run]
     for b in not_run:
         assert b.not_run is not None and len(b.not_run) >= 20, f"{b.where}: give the reason: {b.not_run!r}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +32,6 @@ def info(host: Any, stanza: str) -> dict[str, Any]:
     (entry,) = json.loads(out)
     result: dict[str, Any] = entry
     return result
-
-
-def ansible_playbook(playbook: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """A playbook (a name under playbooks/, or an absolute path) against the scenario's inventory, as an operator
-    runs it; its result, never raised."""
-    project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-    env = {
-        **os.environ,
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_ROLES_PATH": str(project / "roles"),
-        "PGOPS_DIST": str(project / "dist"),
-    }
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    argv = ["ansible-playbook", "--inventory", inventory, str(project / "playbooks" / playbook)]
-    return subprocess.run([*argv, *extra], capture_output=True, text=True, env=env, check=False, timeout=1800)
 
 
 def archiver(host: Any) -> tuple[int, int, str]:

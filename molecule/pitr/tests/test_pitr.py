@@ -13,9 +13,9 @@ import subprocess
 import time
 
 import pytest
-from tests.fixtures.instances import psql
+from tests.fixtures.instances import ansible_playbook, psql
 
-from conftest import CONFIG, DB12, DB13, SECRETS, STANZA, ansible_playbook, ephemeral, host_of, info
+from conftest import CONFIG, DB12, DB13, SECRETS, STANZA, ephemeral, host_of, info
 
 # Each test names its hosts itself; run each once.
 testinfra_hosts = [f"podman://{DB12}"]

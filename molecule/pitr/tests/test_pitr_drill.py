@@ -15,9 +15,9 @@ import subprocess
 import time
 from typing import Any
 
-from tests.fixtures.instances import psql
+from tests.fixtures.instances import ansible_playbook, psql
 
-from conftest import DB13, ansible_playbook, archiver, host_of, info
+from conftest import DB13, archiver, host_of, info
 
 testinfra_hosts = [f"podman://{DB13}"]
 DRILL13 = "pgops-pitr-drill13"

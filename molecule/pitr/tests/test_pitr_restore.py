@@ -18,9 +18,9 @@ import threading
 import time
 from typing import Any
 
-from tests.fixtures.instances import psql, run_as_postgres
+from tests.fixtures.instances import ansible_playbook, psql, run_as_postgres
 
-from conftest import DB12, STORE, ansible_playbook, archiver, host_of, info
+from conftest import DB12, STORE, archiver, host_of, info
 
 testinfra_hosts = [f"podman://{DB12}"]
 NEW12 = "pgops-pitr-new12"

@@ -1,0 +1,115 @@
+"""The cluster at rest, as playbooks/site.yml leaves it (issue 13): etcd healthy over TLS, one leader and two
+streaming replicas with lag 0, writes through HAProxy's port 5000 on the leader, reads through 5001 on the
+replicas, one set of settings on every member, and the secrets kept out of sight."""
+
+from __future__ import annotations
+
+import pytest
+from tests.fixtures.instances import psql
+
+from conftest import (
+    ADDRESS,
+    MEMBERS,
+    PROXY,
+    REPLICA_PORT,
+    SECRETS,
+    cluster,
+    connect,
+    host_of,
+    leader,
+    server_of,
+    whole,
+)
+
+testinfra_hosts = [f"podman://{MEMBERS[0]}"]
+
+
+def test_etcd_has_three_healthy_members_that_require_client_certificates() -> None:
+    host = host_of(MEMBERS[0])
+    tls = "--cacert=/etc/etcd/tls/ca.crt --cert=/etc/etcd/tls/member.crt --key=/etc/etcd/tls/member.key"
+    endpoints = ",".join(f"https://{ADDRESS[m]}:2379" for m in MEMBERS)
+    out = host.check_output(f"ETCDCTL_API=3 etcdctl --endpoints={endpoints} {tls} endpoint health 2>&1")
+    assert out.count("is healthy") == 3, out
+    members = host.check_output(f"ETCDCTL_API=3 etcdctl --endpoints={endpoints} {tls} member list")
+    assert sorted(line.split(", ")[2] for line in members.splitlines()) == list(MEMBERS)
+    # Without a client certificate, etcd refuses.
+    refused = host.run(
+        f"ETCDCTL_API=3 etcdctl --endpoints=https://{ADDRESS[MEMBERS[0]]}:2379 --cacert=/etc/etcd/tls/ca.crt"
+        " --dial-timeout=3s endpoint health"
+    )
+    assert refused.rc != 0
+
+
+def test_one_leader_and_two_streaming_replicas_with_no_lag() -> None:
+    whole(60)
+    state = cluster()["members"]
+    roles = sorted(m["role"] for m in state)
+    # Synchronous mode: one replica is the synchronous standby.
+    assert roles == ["leader", "replica", "sync_standby"], state
+    assert sorted(m["name"] for m in state) == list(MEMBERS)
+    first = leader()
+    assert first is not None
+    for m in MEMBERS:
+        if m != first:
+            assert psql(host_of(m), "SELECT pg_is_in_recovery()").strip() == "t"
+            assert psql(host_of(m), "SELECT status FROM pg_stat_wal_receiver").strip() == "streaming"
+    slots = psql(host_of(first), "SELECT slot_name FROM pg_replication_slots WHERE active ORDER BY 1").split()
+    assert len(slots) == 2, slots
+
+
+def test_writes_through_5000_land_on_the_leader() -> None:
+    first = leader()
+    assert first is not None
+    with connect() as conn:
+        address, in_recovery = server_of(conn)
+        conn.execute("CREATE TABLE IF NOT EXISTS routing_probe (id int)")
+        conn.execute("INSERT INTO routing_probe VALUES (1)")
+    assert (address, in_recovery) == (ADDRESS[first], False)
+
+
+def test_reads_through_5001_land_on_the_replicas_in_turn() -> None:
+    first = leader()
+    seen = set()
+    for _ in range(6):
+        with connect(REPLICA_PORT) as conn:
+            address, in_recovery = server_of(conn)
+        assert in_recovery, address
+        seen.add(address)
+    assert seen == {ADDRESS[m] for m in MEMBERS if m != first}
+
+
+def test_the_settings_of_roles_postgresql_are_live_on_every_member() -> None:
+    for m in MEMBERS:
+        host = host_of(m)
+        assert psql(host, "SHOW ssl").strip() == "on"
+        assert psql(host, "SHOW password_encryption").strip() == "scram-sha-256"
+        assert psql(host, "SHOW wal_level").strip() == "replica"
+        # Patroni owns postgresql.conf: no file of roles/postgresql is in play.
+        assert not host.file("/etc/postgresql/15/main/conf.d").exists
+    # Roles, databases and extensions were made on the leader and reached the replicas.
+    for m in MEMBERS:
+        extensions = psql(host_of(m), "SELECT extname FROM pg_extension", db="appdb").split()
+        assert "pgcrypto" in extensions
+
+
+def test_plain_connections_are_refused() -> None:
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(
+            host=ADDRESS[PROXY], port=5000, dbname="appdb", user="app_owner", sslmode="disable", connect_timeout=3
+        )
+
+
+@pytest.mark.parametrize("name", [*MEMBERS, PROXY])
+def test_no_secret_in_process_arguments_or_readable_files(name: str) -> None:
+    host = host_of(name)
+    ps = host.check_output("ps -eo args")
+    for secret in SECRETS:
+        assert secret not in ps
+    if name != PROXY:
+        config = host.file("/etc/patroni/config.yml")
+        assert (config.user, config.mode) == ("postgres", 0o600)
+        allowed = "-e '^/etc/patroni/config.yml$' -e '^/etc/pgops/pgops.env$'"
+        leaked = host.run("grep -rl -e " + " -e ".join(SECRETS) + f" /etc /var/log 2>/dev/null | grep -v {allowed}")
+        assert leaked.stdout.strip() == "", leaked.stdout
