@@ -13,7 +13,7 @@ from tests.fixtures.instances import psql
 from conftest import MEMBERS, api, connect, host_of, leader, whole
 
 testinfra_hosts = [f"podman://{MEMBERS[0]}"]
-TTL = 20  # group_vars: patroni_ttl
+TTL = 15  # group_vars: patroni_ttl
 OBSERVE_S = 2 * TTL + 10  # long enough for a lease to run out twice over
 
 
