@@ -399,7 +399,8 @@ def metrics(stack: Stack, service: str) -> dict[tuple[str, str], float]:
     values: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(stack.output(service, "cat", METRICS_FILE)):
         for sample in family.samples:
-            if sample.labels.get("target") == TARGET:
+            # Per-database gauges only (pgops_backup_skipped_replica is per target).
+            if sample.labels.get("target") == TARGET and "database" in sample.labels:
                 values[(sample.name, sample.labels["database"])] = sample.value
     return values
 

@@ -45,7 +45,8 @@ def _metrics(engine: Engine) -> dict[tuple[str, str], float]:
     out = {}
     for family in text_string_to_metric_families((Path(engine.env["PGOPS_METRICS_DIR"]) / "pgops.prom").read_text()):
         for sample in family.samples:
-            out[(sample.name, sample.labels["database"])] = sample.value
+            if "database" in sample.labels:  # per-database gauges (pgops_backup_skipped_replica is per target)
+                out[(sample.name, sample.labels["database"])] = sample.value
     return out
 
 

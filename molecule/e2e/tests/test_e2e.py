@@ -174,6 +174,7 @@ def test_drill_host_restore_tested_the_database_hosts_target(drill: Any) -> None
         (s.name, s.labels["target"], s.labels["database"]): s.value
         for family in text_string_to_metric_families(prom)
         for s in family.samples
+        if "database" in s.labels  # per-database gauges (pgops_backup_skipped_replica is per target)
     }
     for database in ("appdb", TRICKY_DB):
         assert samples[("pgops_restore_test_last_attempt_success", DB, database)] == 1
