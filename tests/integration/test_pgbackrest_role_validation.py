@@ -73,8 +73,9 @@ CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
 
 
 def _validate(tmp: Path, variables: dict[str, Any]) -> tuple[list[str], str]:
-    """Run the validate tasks: the messages of every failure (empty if it passed), and the whole output."""
-    result = run_role_validation(tmp, "pgbackrest", {**GOOD, **variables})
+    """Run the validate tasks (the input, then the host: server.yml): the messages of every failure (empty if it
+    passed), and the whole output."""
+    result = run_role_validation(tmp, "pgbackrest", {**GOOD, **variables}, ("validate", "server"))
     output = result.stdout + result.stderr
     failures = [line for line in result.stdout.splitlines() if line.startswith(("fatal:", "failed:"))]
     assert (result.returncode == 0) == (not failures), output[-4000:]
