@@ -3,6 +3,8 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 VENV ?= .venv
 BIN := $(VENV)/bin
+# promtool comes with Debian's prometheus package (scripts/bootstrap.sh installs it).
+PROMTOOL ?= promtool
 export CONTAINERS_CONF := $(CURDIR)/molecule/containers.conf
 
 .PHONY: setup lint test test-fast test-integration test-molecule demo bench wheel lock clean
@@ -17,6 +19,8 @@ lint: setup
 	@# Each scenario's testinfra suite has its own conftest module, so each is its own mypy run.
 	for d in molecule/*/tests; do $(BIN)/mypy --strict "$$d"; done
 	$(BIN)/yamllint -s .
+	$(PROMTOOL) check rules monitoring/alerts/*.rules.yml
+	$(PROMTOOL) test rules monitoring/alerts/tests/*.yml
 	@if [ -d roles ]; then $(BIN)/ansible-lint --profile production; fi
 
 # pytest on both cores: each test module runs whole on one worker (--dist loadfile), so module fixtures (the
