@@ -4,11 +4,13 @@ and a writer that records every acknowledged commit."""
 from __future__ import annotations
 
 import base64
+import functools
 import itertools
 import json
 import os
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -38,8 +40,10 @@ SECRETS = (
     "ha-molecule-replication-0001",
     "ha-molecule-rewind-0001",
     "ha-s3-secret",
+    "ha-molecule-cipher-passphrase-0001",
 )
 CA_PATH = "/etc/postgresql/15/main/tls/ca.crt"
+STANZA = "pgops-ha"  # pgbackrest_stanza: the cluster's one stanza (patroni_scope)
 
 
 def host_of(name: str) -> Any:
@@ -79,11 +83,12 @@ def revive() -> None:
             start(m)
 
 
+@functools.cache
 def ca_file() -> Path:
-    """The cluster's CA certificate, copied to the ephemeral directory (the test client checks servers with it)."""
+    """The cluster's CA certificate, copied to the ephemeral directory (the test client checks servers with it).
+    Copied once per test run, never kept from an earlier one: a new create makes a new CA."""
     path = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ha-ca.crt"
-    if not path.exists():
-        path.write_text(host_of(MEMBERS[0]).file(CA_PATH).content_string)
+    path.write_text(host_of(MEMBERS[0]).file(CA_PATH).content_string)
     return path
 
 
@@ -247,3 +252,40 @@ class Writer:
             rows = conn.execute(sql.SQL("SELECT id FROM {}").format(sql.Identifier(self.table))).fetchall()
         present = {r[0] for r in rows}
         return self.acked_ids() - present
+
+
+# The runbook's placeholders and hosts (docs/runbooks/high-availability.md), for test_runbook.py and test_member.py.
+def _replica(sync_first: bool = False) -> str:
+    """A running replica: the synchronous standby first (a switchover candidate in synchronous mode), or the
+    asynchronous one first (a reinit then leaves the synchronous standby alone)."""
+    members = sorted(cluster()["members"], key=lambda m: (m["role"] == "sync_standby") != sync_first)
+    return str(next(m["name"] for m in members if m["role"] in ("replica", "sync_standby")))
+
+
+def substitute(text: str) -> str:
+    for shown, real in (
+        ("inventory/<env>", os.environ["MOLECULE_INVENTORY_FILE"]),
+        ("<scope>", "pgops-ha"),
+        ("<sync standby>", _replica(sync_first=True)),
+        ("<replica>", _replica()),
+        ("<member>", _replica()),
+    ):
+        text = text.replace(shown, real)
+    return text
+
+
+def run(host: str, script: str) -> subprocess.CompletedProcess[str]:
+    if host == "controller":
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "PGOPS_DIST": str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "dist"),
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+        }
+        argv, cwd = ["bash", "-c", script], Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+    else:
+        name = {"leader": leader(), "replica": _replica(), "proxy": PROXY}[host]
+        assert name is not None, "no leader"
+        argv, cwd, env = ["podman", "exec", name, "bash", "-c", script], None, None
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)

@@ -1,11 +1,14 @@
 """The cluster at rest, as playbooks/site.yml leaves it (issue 13): etcd healthy over TLS, one leader and two
 streaming replicas with lag 0, writes through HAProxy's port 5000 on the leader, reads through 5001 on the
-replicas, one set of settings on every member, and the secrets kept out of sight."""
+replicas, one set of settings on every member, one pgBackRest stanza for the cluster, and the secrets kept out of
+sight."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from tests.fixtures.instances import psql
+from tests.fixtures.instances import psql, run_as_postgres
 
 from conftest import (
     ADDRESS,
@@ -13,6 +16,7 @@ from conftest import (
     PROXY,
     REPLICA_PORT,
     SECRETS,
+    STANZA,
     cluster,
     connect,
     host_of,
@@ -92,6 +96,25 @@ def test_the_settings_of_roles_postgresql_are_live_on_every_member() -> None:
         assert "pgcrypto" in extensions
 
 
+def test_one_pgbackrest_stanza_for_the_cluster_with_a_full_backup_taken_by_the_leader() -> None:
+    first = leader()
+    assert first is not None
+    for m in MEMBERS:
+        host = host_of(m)
+        info = json.loads(run_as_postgres(host, ["pgbackrest", f"--stanza={STANZA}", "info", "--output=json"]))
+        assert [s["name"] for s in info] == [STANZA]
+        assert info[0]["status"]["code"] == 0, info[0]["status"]
+        fulls = [b for b in info[0]["backup"] if b["type"] == "full"]
+        assert fulls, info[0]["backup"]
+        # A replica fetches WAL from the archive when streaming cannot serve it (Patroni's restore_command).
+        if m != first:
+            assert psql(host, "SHOW restore_command").strip() == f'pgbackrest --stanza={STANZA} archive-get %f "%p"'
+        # Only the leader archives (archive_mode on: a standby does not).
+        assert psql(host, "SHOW archive_mode").strip() == "on"
+    # `pgbackrest check` on the leader switches a WAL segment and sees it arrive in the repository.
+    run_as_postgres(host_of(first), ["pgbackrest", f"--stanza={STANZA}", "check"])
+
+
 def test_plain_connections_are_refused() -> None:
     import psycopg
 
@@ -110,6 +133,6 @@ def test_no_secret_in_process_arguments_or_readable_files(name: str) -> None:
     if name != PROXY:
         config = host.file("/etc/patroni/config.yml")
         assert (config.user, config.mode) == ("postgres", 0o600)
-        allowed = "-e '^/etc/patroni/config.yml$' -e '^/etc/pgops/pgops.env$'"
+        allowed = "-e '^/etc/patroni/config.yml$' -e '^/etc/pgops/pgops.env$' -e '^/etc/pgbackrest/pgbackrest.conf$'"
         leaked = host.run("grep -rl -e " + " -e ".join(SECRETS) + f" /etc /var/log 2>/dev/null | grep -v {allowed}")
         assert leaked.stdout.strip() == "", leaked.stdout
