@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import report, wal  # noqa: E402
+from bench import pooling, report, wal  # noqa: E402
 from bench.cluster import BINDIR, BenchCluster, PgBackRest, as_postgres, free_port, make_dataset  # noqa: E402
 from bench.measure import CommandFailed, Sample, run_measured  # noqa: E402
 from bench.objstore import FakeGcsServer, MotoServer  # noqa: E402
@@ -362,6 +362,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "sync and async: TPS, the RPO pgops reports under load, the drain time (bench/wal.py)")  # fmt: skip
     p.add_argument("--wal-seconds", type=int, default=60, help="--wal: seconds of pgbench per variant (default 60)")
     p.add_argument("--wal-clients", type=int, default=8, help="--wal: pgbench clients (default 8)")
+    p.add_argument("--pooling", action="store_true",
+                   help="only pgbench -C, PgBouncer (transaction mode) vs direct (bench/pooling.py)")  # fmt: skip
+    p.add_argument("--pooling-seconds", type=int, default=30, help="--pooling: seconds per run (default 30)")
+    p.add_argument("--pooling-clients", type=int, default=16, help="--pooling: pgbench clients (default 16)")
     return p.parse_args(argv)
 
 
@@ -415,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(dt.UTC)
     commit_at_start = report.git_commit()  # other work may land in src/ during a long run: both are recorded
+    if args.pooling:
+        return pooling_main(args, started)
     with bench_environment(args.scale, args.workdir, keep=args.keep, issue4=args.issue4) as bench:
         if args.wal:
             return wal_main(bench, args, started)
@@ -456,6 +462,35 @@ def publish(result: dict[str, Any], table: str, results_dir: Path, started: dt.d
     print(table)
     print(f"\nresults: {path}")
     return 0
+
+
+def pooling_main(args: argparse.Namespace, started: dt.datetime) -> int:
+    """--pooling: bench/pooling.py's rounds on a cluster of its own (pgbench data at --scale), its table and file."""
+    root = Path(tempfile.mkdtemp(prefix="pgops-bench-pooling-", dir=args.workdir))
+    try:
+        with pooling.pooling_bench(root, args.pooling_clients, args.pooling_seconds, args.scale) as pb:
+            for n in range(1, args.repeat + 1):
+                print(f"-- run {n}/{args.repeat} (pooling)", flush=True)
+                for variant in pooling.VARIANTS if n % 2 else reversed(pooling.VARIANTS):
+                    pb.run(variant, n)
+            version = pb.cluster.version()
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    rows = pooling.summary(pb.samples)
+    bouncer = subprocess.run([pooling.PGBOUNCER, "--version"], capture_output=True, text=True, check=True)
+    result = {
+        "started": started.isoformat(),
+        "command": "make bench BENCH_ARGS=" + repr(" ".join(sys.argv[1:])),
+        "args": vars(args) | {"results_dir": str(args.results_dir)},
+        "machine": report.machine(version) | {"pgbouncer": bouncer.stdout.splitlines()[0]},
+        "pooling_rows": rows,
+        "pooling_samples": [dataclasses.asdict(s) for s in pb.samples],
+    }
+    table = pooling.markdown(rows, args.pooling_clients, args.pooling_seconds)
+    return publish(result, table, args.results_dir, started, "-pooling")
 
 
 def wal_main(bench: Bench, args: argparse.Namespace, started: dt.datetime) -> int:

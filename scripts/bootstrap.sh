@@ -9,12 +9,13 @@ cd "$(dirname "$0")/.."
 
 # python3-venv: Debian's python3 has no ensurepip without it. openssh-client: Ansible reaches the demo's
 # and Molecule's containers over SSH. prometheus: promtool for `make lint` (checks and tests the alert rules).
+# pgbouncer: `make bench BENCH_ARGS=--pooling` (pgbench through PgBouncer against direct connections).
 APT_PACKAGES=(
   python3 python3-venv
   postgresql-15 postgresql-client-15 zstd age pgbackrest
   podman runc debootstrap uidmap slirp4netns fuse-overlayfs netavark aardvark-dns iptables
   openssl openssh-client ca-certificates make git
-  prometheus
+  prometheus pgbouncer
 )
 
 missing=()
@@ -27,11 +28,14 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   # The Debian postgresql package would start a system cluster on 5432; tests start their own clusters.
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Debian starts the Prometheus server it installs, on port 9090; only promtool is wanted here. Stopped only when
-  # this run installed it, so a Prometheus someone runs on purpose is left alone.
-  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
-    $SUDO systemctl --quiet disable --now prometheus.service
-  fi
+  # Debian starts the Prometheus server and the PgBouncer it installs (ports 9090 and 6432); only promtool and the
+  # pgbouncer binary are wanted here. Stopped only when this run installed them, so a server someone runs on purpose
+  # is left alone.
+  for service in prometheus pgbouncer; do
+    if [[ " ${missing[*]} " == *" $service "* ]] && [ -d /run/systemd/system ]; then
+      $SUDO systemctl --quiet disable --now "$service.service"
+    fi
+  done
 fi
 
 VENV=${VENV:-.venv}
