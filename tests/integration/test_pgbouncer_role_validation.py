@@ -120,6 +120,7 @@ def test_no_secret_value_is_printed(outcome: tuple[dict[str, list[str]], str]) -
 
 def test_the_roles_refuse_the_same_placeholders() -> None:
     def placeholders(role: str) -> Any:
-        return yaml.safe_load((ROOT / "roles" / role / "vars" / "main.yml").read_text())[f"__{role}_placeholder_secrets"]
+        role_vars = yaml.safe_load((ROOT / "roles" / role / "vars" / "main.yml").read_text())
+        return role_vars[f"__{role}_placeholder_secrets"]
 
     assert placeholders("pgbouncer") == placeholders("postgresql")

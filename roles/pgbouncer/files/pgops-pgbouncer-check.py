@@ -105,27 +105,33 @@ def run_throwaway(directory: Path, user: pwd.struct_passwd) -> int:
         user=user.pw_uid,
         group=user.pw_gid,
         extra_groups=[],
-        text=True,
     )
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
     lines: list[str] = []
+    pending = b""
     verdict = EXIT_UNCHECKED
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
     deadline = time.monotonic() + DEADLINE
     try:
         while verdict == EXIT_UNCHECKED and time.monotonic() < deadline:
             if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
                 continue
-            line = proc.stdout.readline()
-            if not line:  # it exited
+            chunk = os.read(fd, 65536)  # unbuffered: select() sees only what no buffer has taken yet
+            if not chunk:  # it exited
                 verdict = EXIT_REJECTED
                 break
-            lines.append(line.rstrip("\n"))
-            if BAD.search(line):
-                verdict = EXIT_REJECTED
-            elif UP.search(line):
-                verdict = EXIT_OK
+            *complete, pending = (pending + chunk).split(b"\n")
+            for raw in complete:
+                line = raw.decode(errors="replace")
+                lines.append(line)
+                if BAD.search(line):
+                    verdict = EXIT_REJECTED
+                    break
+                if UP.search(line):
+                    verdict = EXIT_OK
+                    break
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -135,6 +141,7 @@ def run_throwaway(directory: Path, user: pwd.struct_passwd) -> int:
                 proc.kill()
                 proc.wait()
         sel.close()
+        proc.stdout.close()
     if verdict != EXIT_OK:
         what = "refused" if verdict == EXIT_REJECTED else f"did not come up within {DEADLINE:.0f} s"
         print(f"pgops-pgbouncer-check: PgBouncer {what}:", file=sys.stderr)
