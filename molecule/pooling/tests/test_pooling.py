@@ -304,9 +304,12 @@ def test_pools_larger_than_the_live_server_allows_are_refused_before_anything_ch
     bigger = {"pgbouncer_databases": [{"name": "appdb", "pool_size": 90}]}
     result = pgbouncer_play("-e", json.dumps(bigger))
     assert result.returncode != 0
-    assert "pgbouncer_databases pool sizes: the pools need 90 server connections" in result.stdout
-    assert "max_connections 100 from the server on pgops-pool-db (SHOW max_connections)" in result.stdout
-    assert "at most 87" in result.stdout  # 100 - superuser_reserved_connections 3 - margin 10
+    # The failed task's result (molecule's ansible.cfg sends failures to stderr), on one line.
+    (fatal,) = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if line.startswith("fatal:")]
+    message = json.loads(fatal.split("=> ", 1)[1])["msg"]
+    assert message.startswith("pgbouncer_databases pool sizes: the pools need 90 server connections"), message
+    assert "max_connections 100 from the server on pgops-pool-db (SHOW max_connections)" in message
+    assert "at most 87" in message  # 100 - superuser_reserved_connections 3 - margin 10
     assert fingerprint() == before
     assert main_pid() == pid
     with connect(ca_file) as conn:
