@@ -29,7 +29,7 @@ molecule/images/build.sh
 scenarios=("$@")
 if ((${#scenarios[@]} == 0)); then
   # Longest first (measured), then any others in name order.
-  for s in ha pitr runbooks e2e example postgresql; do [ -f "molecule/$s/molecule.yml" ] && scenarios+=("$s"); done
+  for s in ha pitr runbooks e2e example pooling postgresql; do [ -f "molecule/$s/molecule.yml" ] && scenarios+=("$s"); done
   for f in molecule/*/molecule.yml; do
     s=$(basename "$(dirname "$f")")
     [[ " ${scenarios[*]} " == *" $s "* ]] || scenarios+=("$s")
