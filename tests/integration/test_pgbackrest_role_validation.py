@@ -5,13 +5,11 @@ value may appear anywhere in the output."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.role_validation import run_role_validation
+from tests.fixtures.role_validation import validation_outcomes
 
 # Distinctive parts of the secret values: none of them may appear in ansible's output.
 SECRET_TAILS = ["zq-cipher-tail-1", "zq-s3-tail-2", "zq-gcs-tail-3"]
@@ -72,23 +70,9 @@ CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
 }
 
 
-def _validate(tmp: Path, variables: dict[str, Any]) -> tuple[list[str], str]:
-    """Run the validate tasks (the input, then the host: server.yml): the messages of every failure (empty if it
-    passed), and the whole output."""
-    result = run_role_validation(tmp, "pgbackrest", {**GOOD, **variables}, ("validate", "server"))
-    output = result.stdout + result.stderr
-    failures = [line for line in result.stdout.splitlines() if line.startswith(("fatal:", "failed:"))]
-    assert (result.returncode == 0) == (not failures), output[-4000:]
-    return [str(json.loads(line.split("=> ", 1)[1]).get("msg", "")) for line in failures], output
-
-
 @pytest.fixture(scope="module")
 def outcome(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, list[str]], str]:
-    results, outputs = {}, []
-    for name, (variables, _) in CASES.items():
-        results[name], output = _validate(tmp_path_factory.mktemp("case"), variables)
-        outputs.append(output)
-    return results, "\n".join(outputs)
+    return validation_outcomes(tmp_path_factory, "pgbackrest", GOOD, CASES, ("validate", "server"))
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -6,14 +6,12 @@ which molecule/pooling covers). No secret value may appear anywhere in the outpu
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.fixtures.role_validation import ROOT, run_role_validation
+from tests.fixtures.role_validation import ROOT, validation_outcomes
 
 SECRET_TAIL = "zq-pgb-tail-1"
 
@@ -82,22 +80,9 @@ CASES: dict[str, tuple[dict[str, Any], list[str] | None]] = {
 }
 
 
-def _validate(tmp: Path, variables: dict[str, Any]) -> tuple[list[str], str]:
-    """Run the validate tasks: the messages of every failure (empty if it passed), and the whole output."""
-    result = run_role_validation(tmp, "pgbouncer", {**GOOD, **variables})
-    output = result.stdout + result.stderr
-    failures = [line for line in result.stdout.splitlines() if line.startswith(("fatal:", "failed:"))]
-    assert (result.returncode == 0) == (not failures), output[-4000:]
-    return [str(json.loads(line.split("=> ", 1)[1]).get("msg", "")) for line in failures], output
-
-
 @pytest.fixture(scope="module")
 def outcome(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, list[str]], str]:
-    results, outputs = {}, []
-    for name, (variables, _) in CASES.items():
-        results[name], output = _validate(tmp_path_factory.mktemp("case"), variables)
-        outputs.append(output)
-    return results, "\n".join(outputs)
+    return validation_outcomes(tmp_path_factory, "pgbouncer", GOOD, CASES)
 
 
 @pytest.mark.parametrize("name", list(CASES))
