@@ -39,6 +39,8 @@ WORKDIR /opt/pgops-bundle
 COPY ansible.cfg ./
 COPY playbooks/ playbooks/
 COPY roles/ roles/
+# The alert rules and exporter queries roles/prometheus and roles/postgres_exporter install (role_path/../../monitoring).
+COPY monitoring/ monitoring/
 # Only the example: .dockerignore admits nothing else of inventory/ (and no vault file, key or .env anywhere).
 COPY inventory/example/ inventory/example/
 COPY compose/bundle/entrypoint.sh /usr/local/bin/pgops-bundle-entrypoint

@@ -4,6 +4,8 @@
 -- with quotes, tabs, newlines, backslashes and non-ASCII characters.
 CREATE ROLE demo_owner NOLOGIN;
 CREATE ROLE demo_reader NOLOGIN;
+-- postgres_exporter's login (service postgres-exporter): pg_monitor only, the stack's throwaway password.
+CREATE ROLE postgres_exporter LOGIN PASSWORD 'pgops-compose-demo' IN ROLE pg_monitor;
 CREATE DATABASE demo OWNER demo_owner ENCODING 'UTF8' TEMPLATE template0;
 \connect demo
 SET ROLE demo_owner;

@@ -26,6 +26,8 @@ import shlex
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +59,10 @@ ENV_FILE = "/etc/pgops/pgops.env"
 METRICS_FILE = "/var/lib/pgops/metrics/pgops.prom"
 JOB_ORDER = ["backup", "retention", "verify", "restore-test"]  # by log file name, as a night would run them
 HEALTH_TIMEOUT = 180
+SERVICES = [
+    *("postgres", "s3", "gcs", "runner", "runner-gcs"),
+    *("postgres-exporter", "node-exporter", "node-exporter-gcs", "prometheus"),
+]
 
 
 def podman_env() -> dict[str, str]:
@@ -148,7 +154,7 @@ class Stack:
 
     def logs(self) -> str:
         parts = []
-        for service in ("postgres", "s3", "gcs", "runner", "runner-gcs"):
+        for service in SERVICES:
             with contextlib.suppress(AssertionError, subprocess.SubprocessError):
                 result = run(["podman", "logs", "--tail", "40", self.container(service)], timeout=30)
                 parts.append(f"--- {service}\n{result.stdout}{result.stderr}")
@@ -244,6 +250,7 @@ def as_run_here(text: str, ports: dict[str, int]) -> str:
     text = text.replace("127.0.0.1:9000", f"127.0.0.1:{ports['S3']}").replace(
         "127.0.0.1:4443", f"127.0.0.1:{ports['GCS']}"
     )
+    text = text.replace("127.0.0.1:9090", f"127.0.0.1:{ports['PROM']}")
     return text.replace("-p 15432", f"-p {ports['PG']}")
 
 
@@ -305,7 +312,7 @@ def stack(wheelhouse: None, base_image: str) -> Iterator[Stack]:
     be read) and without a docker-compose.override.yml (the page's override step writes one)."""
     assert not OVERRIDE.exists(), f"{OVERRIDE} of yours would change the stack under test: move it away"
     project = f"pgops-compose-test-{uuid.uuid4().hex[:8]}"
-    ports = {"PG": free_port(), "S3": free_port(), "GCS": free_port()}
+    ports = {"PG": free_port(), "S3": free_port(), "GCS": free_port(), "PROM": free_port()}
     env = {k: v for k, v in podman_env().items() if not k.startswith(("PGOPS_", "COMPOSE_"))}
     env.update({f"PGOPS_COMPOSE_{name}_PORT": str(port) for name, port in ports.items()})
     env["COMPOSE_PROJECT_NAME"] = project
@@ -317,7 +324,7 @@ def stack(wheelhouse: None, base_image: str) -> Iterator[Stack]:
         image = check(["podman", "inspect", "--format", "{{.Image}}", s.container("runner")]).strip()
         suite = check(["podman", "image", "inspect", "--format", '{{ index .Labels "pgops.suite" }}', image])
         assert suite.strip() == "bookworm", f"the runner is not built on {base_image}"
-        wait_healthy(s, ["postgres", "s3", "gcs", "runner", "runner-gcs"])
+        wait_healthy(s, SERVICES)
         s.started = time.time()
         RUN.add(page_block(".venv/bin/podman-compose down -v").line)  # below, when the module is done
         yield s
@@ -501,6 +508,44 @@ def test_page_back_up_look_restore(stack: Stack) -> None:
     assert any(name.startswith(f"{PREFIX}/{TARGET}/demo/") for name in names), names
 
 
+def prometheus_api(stack: Stack, path: str, **params: str) -> Any:
+    """GET Prometheus's HTTP API through the port the stack publishes on the host; its `data`."""
+    url = f"http://127.0.0.1:{stack.ports['PROM']}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        body = json.load(response)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def test_page_prometheus_shows_postgres_and_the_backup(stack: Stack) -> None:
+    """docs/compose.md "Watch it in Prometheus": after the page's backup, the real Prometheus of the stack has
+    pg_up == 1 from postgres_exporter and each database's pgops_backup_last_attempt_success == 1 from the
+    runner's pgops.prom (through its node_exporter), and it has loaded the repository's alert rules, with the
+    PostgreSQL-down alert among them and not firing."""
+    block = page_block("# wait for the first scrape of the runner's metrics")
+    out = run_block(block, stack.env, stack.ports)
+    assert_shown(out, shown_after(block))
+    # The same through the host's published port, as a browser or a Grafana would read it.
+    up = prometheus_api(stack, "query", query="pg_up")["result"]
+    assert [(r["metric"]["job"], r["value"][1]) for r in up] == [("postgres", "1")], up
+    # The exporter's login has pg_monitor and nothing else.
+    roles = stack.output(
+        "postgres",
+        *("psql", "-XAtc"),
+        "SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, string_agg(m.rolname, ',') FROM pg_roles r"
+        " JOIN pg_auth_members a ON a.member = r.oid JOIN pg_roles m ON m.oid = a.roleid"
+        " WHERE r.rolname = 'postgres_exporter' GROUP BY 1, 2, 3",
+        user="postgres",
+    )
+    assert roles.strip() == "f|f|f|pg_monitor", roles
+    rules = [r for g in prometheus_api(stack, "rules")["groups"] for r in g["rules"] if r["type"] == "alerting"]
+    names = {r["name"] for r in rules}
+    assert "PostgresDown" in names and len(names) >= 10, names
+    assert all(r["health"] == "ok" for r in rules), [r for r in rules if r["health"] != "ok"]
+    firing = {a["labels"]["alertname"] for a in prometheus_api(stack, "alerts")["alerts"] if a["state"] == "firing"}
+    assert "PostgresDown" not in firing and "PgopsBackupFailing" not in firing, firing
+
+
 def test_page_scheduled_backup_every_minute_backs_up_restored_databases_too(stack: Stack) -> None:
     """docs/compose.md "See a scheduled backup": its override makes cron (not a hand-run command) take a
     backup within the minute, and that backup includes demo_copy, the database restored above. Then the
@@ -638,7 +683,7 @@ def test_bundle_context_and_image_keep_a_teams_inventory_and_secrets_out(
         run(["podman", "rmi", "-f", tag, bundle], timeout=120)
 
 
-PAGE_PORTS = {"PG": 15432, "S3": 9000, "GCS": 4443}  # for the page's commands that use no port
+PAGE_PORTS = {"PG": 15432, "S3": 9000, "GCS": 4443, "PROM": 9090}  # for the page's commands that use no port
 
 
 @pytest.fixture(scope="module")
