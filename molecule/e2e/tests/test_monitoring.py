@@ -90,9 +90,10 @@ def test_prometheus_scrapes_the_database_hosts_exporters(prom: Any) -> None:
 def test_the_backup_runs_metrics_reach_prometheus(prom: Any) -> None:
     """pgops.prom, written by cron's jobs in side_effect.yml, read by node_exporter's textfile collector."""
     attempts = {m["database"]: v for m, v in query(prom, f'pgops_backup_last_attempt_success{{instance="{DB}"}}')}
-    assert attempts == {"appdb": 1.0, TRICKY_DB: 1.0, "@globals": 1.0}
-    successes = query(prom, f'pgops_backup_last_success_timestamp_seconds{{instance="{DB}", job="node"}}')
-    assert len(successes) == 3 and all(v > 0 for _, v in successes)
+    for database in ("appdb", TRICKY_DB, "@globals"):
+        assert attempts[database] == 1, (database, attempts)
+        success = query(prom, f'pgops_backup_last_success_timestamp_seconds{{instance="{DB}", database="{database}"}}')
+        assert len(success) == 1 and success[0][1] > 0, database
     assert query(prom, f'node_textfile_scrape_error{{instance="{DB}"}}')[0][1] == 0
 
 
@@ -103,7 +104,7 @@ def test_postgresql_down_fires_the_alert_and_its_return_resolves_it(db: Any, pro
     pending_for = seconds(rule.get("for", "0s"))
     scrape, evaluation = intervals(prom)
     fire_within = pending_for + 2 * scrape + SLACK
-    resolve_within = scrape + evaluation + SLACK
+    resolve_within = 2 * scrape + evaluation + SLACK  # a first scrape may still find the old, broken connection
     assert active_alerts(prom) == [], "the alert is active before PostgreSQL is stopped"
 
     version, cluster = db.check_output("pg_lsclusters --no-header").split()[:2]
