@@ -12,6 +12,7 @@ from tests.fixtures.dumps import canonical  # the project root is on sys.path (p
 from tests.fixtures.instances import run_as_postgres
 
 DB, STORE, RESTORE, DRILL = "pgops-e2e-db", "pgops-e2e-store", "pgops-e2e-restore", "pgops-e2e-drill"
+PROM = "pgops-e2e-prom"
 TRICKY_DB = "Tricky db ☃"
 RESTRICT_KEY = "pgopse2erestrictkey"  # pg_dump >= 15.14 writes a random \restrict key unless it is fixed
 
@@ -29,6 +30,11 @@ def restored() -> Any:
 @pytest.fixture(scope="module")
 def drill() -> Any:
     return testinfra.get_host(f"podman://{DRILL}")
+
+
+@pytest.fixture(scope="module")
+def prom() -> Any:
+    return testinfra.get_host(f"podman://{PROM}")
 
 
 def ephemeral(name: str) -> str:
