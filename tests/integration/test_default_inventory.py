@@ -48,8 +48,9 @@ def test_the_default_inventory_holds_no_host() -> None:
 def test_no_play_matches_a_host_without_dash_i(playbook: str) -> None:
     listed = ansible("ansible-playbook", "--list-hosts", f"playbooks/{playbook}")
     assert listed.returncode == 0, listed.stderr
-    # Each play: "hosts (N):" then one host a line, up to a blank line.
-    plays = [block.split("\n\n", 1)[0] for block in listed.stdout.split("hosts (")[1:]]
+    # Each play: an indented "hosts (N):" line (a play's name may hold "hosts (" too), then one host a line, up to a
+    # blank line.
+    plays = [block.split("\n\n", 1)[0] for block in re.split(r"\n\s+hosts \(", listed.stdout)[1:]]
     assert len(plays) == listed.stdout.count("  play #"), listed.stdout
     for block in plays:
         names = block.split(":", 1)[1]
