@@ -104,7 +104,7 @@ def process_cpu(pid: int) -> float:
         return 0.0
 
 
-def _vm_hwm_kib(pid: int) -> int | None:
+def vm_hwm_kib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -114,7 +114,7 @@ def _vm_hwm_kib(pid: int) -> int | None:
     return None
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     kids: list[int] = []
     try:
         for task in os.scandir(f"/proc/{pid}/task"):
@@ -140,12 +140,12 @@ class _HwmSampler(threading.Thread):
             while todo and seen < 64:
                 pid = todo.pop()
                 seen += 1
-                v = _vm_hwm_kib(pid)
+                v = vm_hwm_kib(pid)
                 if v is not None:
                     self.largest = max(self.largest or 0, v)
                     if pid == self.pid:
                         self.direct = max(self.direct or 0, v)
-                todo += _children(pid)
+                todo += children(pid)
             self.stop.wait(0.02)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import BINDIR, BenchCluster, as_postgres, chown_postgres, free_port
+from bench.measure import children, vm_hwm_kib
 
 USER, DB = "pooled_app", "pooling"
 # A throwaway password for a throwaway cluster on loopback; pgbench reads it from PGPASSWORD.
@@ -73,25 +74,10 @@ class PoolSample:
     pgbouncer_rss_peak_bytes: int
 
 
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    with contextlib.suppress(OSError):
-        return [int(p) for p in path.read_text().split()]
-    return []
-
-
 def _pss(pid: int) -> int:
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _status_kb(pid: int, field: str) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -106,7 +92,7 @@ class ServerSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.wait(0.5):
-            pids = [self.postmaster, *_children(self.postmaster)]
+            pids = [self.postmaster, *children(self.postmaster)]
             self.peak_processes = max(self.peak_processes, len(pids) - 1)
             self.peak_pss = max(self.peak_pss, sum(_pss(p) for p in pids))
 
@@ -209,7 +195,7 @@ class PoolingBench:
             failed=int(_number(out, r"number of failed transactions: (\d+)", default=0.0)),
             server_processes_peak=sampler.peak_processes,
             server_pss_peak_bytes=sampler.peak_pss,
-            pgbouncer_rss_peak_bytes=_status_kb(self.bouncer_pid(), "VmHWM") if variant == "pgbouncer" else 0,
+            pgbouncer_rss_peak_bytes=(vm_hwm_kib(self.bouncer_pid()) or 0) * 1024 if variant == "pgbouncer" else 0,
         )
         self.samples.append(sample)
         print(
