@@ -8,7 +8,8 @@
 #      into the same bucket and takes a first full physical backup), loads pgbench data, backs it up now with
 #      playbooks/backup.yml (the same engine and settings the 02:00 cron job uses);
 #   4. rebuilds it on the bare container with playbooks/restore.yml, the disaster-recovery playbook;
-#   5. compares the two databases and prints a summary, with the current RPO from `pgops status`.
+#   5. compares the two databases and prints a summary, with the current RPO from `pgops status` and what
+#      Prometheus (on pgops-demo-store, scraping the database host's exporters) shows.
 # The containers stay up for you to explore (inventory/local); `scripts/demo.sh --down` removes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,7 +60,7 @@ step "object store (S3 and GCS emulators) on pgops-demo-store"
 play playbooks/local-objectstore.yml
 # Its CA, for pgBackRest (pgbackrest_repo_ca_file in inventory/local/group_vars/pgops_db.yml).
 podman cp pgops-demo-store:/etc/objectstore/tls/ca.crt .cache/local-stack/store-ca.crt
-step "playbooks/site.yml: PostgreSQL, scheduled backups and WAL archiving through pgBackRest on pgops-demo-db"
+step "playbooks/site.yml: PostgreSQL, scheduled backups, WAL archiving through pgBackRest and the exporters on pgops-demo-db; Prometheus on pgops-demo-store"
 play playbooks/site.yml
 # The application's tables belong to its owner role (as in production), so the inventory's default
 # privileges grant app_rw and app_ro on them.
@@ -88,18 +89,52 @@ stanza = p["stanza"]
 print(f"{rpo:.0f} s" if rpo is not None else "unknown", f"(stanza {stanza}, newest full {full}, {state})")
 ') || true
 
+# What Prometheus on the store shows (roles/prometheus scrapes every 5 s here): the exporter's login, the backup just
+# taken (node_exporter's textfile collector reads pgops.prom), and the alerts firing. Polled until it has both.
+prom_url=http://${hosts[pgops-demo-store]}:9090
+prom=$(python - "$prom_url" <<'PY'
+import json, sys, time, urllib.parse, urllib.request
+
+base = sys.argv[1]
+
+def query(expr):
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.load(r)["data"]["result"]
+
+line = "not answering"
+for _ in range(30):
+    try:
+        up = query('pg_up{instance="pgops-demo-db"}')
+        ok = query('pgops_backup_last_attempt_success{instance="pgops-demo-db"} == 1')
+        firing = query('ALERTS{alertstate="firing"}')
+    except OSError as e:
+        line = f"not answering ({e})"
+    else:
+        names = sorted({a["metric"]["alertname"] for a in firing})
+        line = (f"pg_up {up[0]['value'][1] if up else 'absent'} for pgops-demo-db; last backup ok for"
+                f" {len(ok)} of its databases (" + ", ".join(sorted(s["metric"].get("database", "?") for s in ok)) + ");"
+                f" alerts firing: {', '.join(names) if names else 'none'}")
+        if up and ok:
+            break
+    time.sleep(2)
+print(line)
+PY
+) || prom="not answering"
+
 cat <<SUMMARY
 
 ================================ pgops demo ================================
 Built       pgops-demo-db (10.213.48.10): PostgreSQL $version from playbooks/site.yml,
             pgops in /opt/pgops, backups scheduled in /etc/cron.d/pgops
-            pgops-demo-store (10.213.48.20): S3 API :9000, GCS API :4443
+            pgops-demo-store (10.213.48.20): S3 API :9000, GCS API :4443, Prometheus :9090
 Backed up   appdb (pgbench scale 10) and the roles to s3://pgops-demo/backups/pgops-demo-db/:
 $(sed 's/^/              /' <<<"$listing")
 Restored    on pgops-demo-restore (10.213.48.30) by playbooks/restore.yml:
             $rto
 Compared    pg_dump of appdb: source $src, restored $dst, $rows rows in pgbench_accounts
 RPO now     ${rpo:-unknown}: WAL archived through pgBackRest to s3://pgops-demo/pgbackrest
+Prometheus  $prom_url (alerts: $prom_url/alerts): $prom
 Result      $([ "$src" = "$dst" ] && echo "MATCHES: the restored data equals the source" || echo "DIFFERS")
 Took        $((SECONDS - t0)) s. Log: $log. Explore: ansible -i inventory/local/hosts.yml all -m ping
             Remove: scripts/demo.sh --down
