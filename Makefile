@@ -7,17 +7,25 @@ BIN := $(VENV)/bin
 PROMTOOL ?= promtool
 export CONTAINERS_CONF := $(CURDIR)/molecule/containers.conf
 
-.PHONY: setup lint test test-fast test-integration test-molecule demo bench wheel lock clean
+.PHONY: setup lint lint-only lint-python lint-ansible test test-fast test-integration test-molecule demo bench wheel lock clean
 
 setup:
 	./scripts/bootstrap.sh
 
-lint: setup
+lint: setup lint-only
+
+# The linters alone (scripts/test-all.sh runs them as its first timed stage, after setup). The Python linters and
+# the Ansible/YAML/Prometheus linters are two independent targets, so `make -j2 lint-only` runs them on both cores.
+lint-only: lint-python lint-ansible
+
+lint-python:
 	$(BIN)/ruff check src tests bench molecule roles/postgresql/files
 	$(BIN)/ruff format --check src tests bench molecule roles/postgresql/files
 	$(BIN)/mypy
 	@# Each scenario's testinfra suite has its own conftest module, so each is its own mypy run.
 	for d in molecule/*/tests; do $(BIN)/mypy --strict "$$d"; done
+
+lint-ansible:
 	$(BIN)/yamllint -s .
 	$(PROMTOOL) check rules monitoring/alerts/*.rules.yml
 	$(PROMTOOL) test rules monitoring/alerts/tests/*.yml
@@ -29,10 +37,10 @@ PYTEST_PARALLEL ?= -n 2 --dist loadfile
 # Molecule scenarios two at a time (each has its own containers, network and subnet; see scripts/molecule-all.sh).
 export MOLECULE_JOBS ?= 2
 
-## The full suite: lint, unit and integration tests against real PostgreSQL, S3 and GCS APIs, then Molecule.
-test: setup lint
-	$(BIN)/pytest $(PYTEST_PARALLEL) tests
-	@if [ -x scripts/molecule-all.sh ]; then ./scripts/molecule-all.sh; fi
+## The full suite: lint, unit and integration tests against real PostgreSQL, S3 and GCS APIs, then Molecule;
+## it ends with the time of each stage and each Molecule scenario (scripts/test-all.sh).
+test:
+	PYTEST_PARALLEL="$(PYTEST_PARALLEL)" VENV="$(VENV)" ./scripts/test-all.sh
 
 ## Inner loop: no lint, no Molecule, no slow tests.
 test-fast: setup

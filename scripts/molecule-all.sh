@@ -7,6 +7,8 @@
 # Env:   MOLECULE_JOBS=N  run up to N scenarios at once (default 1). Each scenario has its own containers,
 #        network and subnet, so they do not meet; with N > 1 each scenario's output goes to a log file that is
 #        printed whole when it ends, longest scenarios first so that the slots finish close together.
+#        MOLECULE_TIMES=FILE  append a line per step to FILE: name, seconds, result, tab-separated
+#        (scripts/test-all.sh prints them in its summary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -22,9 +24,14 @@ for tool in podman debootstrap molecule ssh; do
   command -v "$tool" >/dev/null || { echo "molecule-all: '$tool' not found; run scripts/bootstrap.sh first" >&2; exit 2; }
 done
 
+record() {  # record NAME SECONDS RESULT
+  [ -z "${MOLECULE_TIMES:-}" ] || printf '%s\t%s\t%s\n' "$@" >>"$MOLECULE_TIMES"
+}
+start=$SECONDS
 molecule/images/build.sh
 # The wheelhouses the end-to-end scenario installs on its hosts (reproducible: unchanged source, same bytes).
 ./scripts/build-wheels.sh
+record "(images, wheels)" $((SECONDS - start)) passed
 
 scenarios=("$@")
 if ((${#scenarios[@]} == 0)); then
@@ -45,8 +52,10 @@ if ((jobs == 1)); then
     start=$SECONDS
     if molecule test --scenario-name "$s"; then
       echo "molecule-all: scenario $s passed in $((SECONDS - start)) s"
+      record "$s" $((SECONDS - start)) passed
     else
       echo "molecule-all: scenario $s FAILED after $((SECONDS - start)) s" >&2
+      record "$s" $((SECONDS - start)) FAILED
       failed+=("$s")
     fi
   done
@@ -54,16 +63,19 @@ else
   logs=$(mktemp -d /tmp/molecule-all.XXXXXX)
   declare -A pids=()
   finish_one() {  # wait for any running scenario, print its log and result
-    local pid rc=0 s
+    local pid rc=0 s took
     wait -n -p pid "${!pids[@]}" || rc=$?
     s=${pids[$pid]}
     unset "pids[$pid]"
+    took=$(($(date +%s) - $(cat "$logs/$s.start")))
     echo "molecule-all: ---- output of scenario $s ----"
     cat "$logs/$s.log"
     if ((rc == 0)); then
-      echo "molecule-all: scenario $s passed in $(($(date +%s) - $(cat "$logs/$s.start"))) s"
+      echo "molecule-all: scenario $s passed in $took s"
+      record "$s" "$took" passed
     else
-      echo "molecule-all: scenario $s FAILED after $(($(date +%s) - $(cat "$logs/$s.start"))) s" >&2
+      echo "molecule-all: scenario $s FAILED after $took s" >&2
+      record "$s" "$took" FAILED
       failed+=("$s")
     fi
   }

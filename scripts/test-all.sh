@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The body of `make test` (= .ci/run): lint, pytest on both cores, then every Molecule scenario, each stage timed.
+# It stops at the first failed stage, as make would, and always ends with a table of each stage's time and result,
+# and each Molecule scenario's (scripts/molecule-all.sh writes them), so that a slow suite shows where its time went.
+# Env: PYTEST_PARALLEL (pytest's parallel flags, from the Makefile), VENV (default .venv).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bin=${VENV:-.venv}/bin
+times=$(mktemp -d /tmp/pgops-test-times.XXXXXX)
+export MOLECULE_TIMES="$times/molecule"
+: >"$times/stages"
+t0=$SECONDS
+
+summary() {
+  echo
+  echo "test-all: ---- time per stage ----"
+  while IFS=$'\t' read -r name secs result; do printf 'test-all:   %-28s %6s s  %s\n' "$name" "$secs" "$result"; done <"$times/stages"
+  if [ -s "$MOLECULE_TIMES" ]; then
+    while IFS=$'\t' read -r name secs result; do printf 'test-all:     molecule %-19s %6s s  %s\n' "$name" "$secs" "$result"; done <"$MOLECULE_TIMES"
+  fi
+  printf 'test-all:   %-28s %6s s\n' total $((SECONDS - t0))
+  rm -rf "$times"
+}
+trap summary EXIT
+
+stage() {  # stage NAME COMMAND...: run it, record its time, stop the suite if it fails
+  local name=$1 start=$SECONDS rc=0
+  shift
+  echo "test-all: stage $name"
+  "$@" || rc=$?
+  printf '%s\t%s\t%s\n' "$name" $((SECONDS - start)) "$( ((rc == 0)) && echo passed || echo "FAILED (exit $rc)")" >>"$times/stages"
+  ((rc == 0)) || exit "$rc"
+}
+
+stage setup ./scripts/bootstrap.sh
+# The two linter groups side by side, each one's output kept together.
+stage lint make --no-print-directory -j2 --output-sync=target lint-only
+# shellcheck disable=SC2086  # PYTEST_PARALLEL holds several flags
+stage pytest "$bin/pytest" ${PYTEST_PARALLEL:--n 2 --dist loadfile} tests
+stage molecule ./scripts/molecule-all.sh

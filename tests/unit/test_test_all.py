@@ -1,0 +1,90 @@
+"""scripts/test-all.sh (the body of `make test`): each stage timed, the first failure stops the suite with its exit
+status, and the summary always ends the output, with each Molecule scenario's time. Run against stub stages in a
+copy of the script, so that it takes a second."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stub(path: Path, body: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/usr/bin/env bash\n" + body + "\n")
+    path.chmod(0o755)
+
+
+def tree(tmp_path: Path, pytest_rc: int) -> Path:
+    shutil.copy(ROOT / "scripts" / "test-all.sh", tmp_path / "test-all.sh")
+    (tmp_path / "scripts").mkdir()
+    shutil.move(tmp_path / "test-all.sh", tmp_path / "scripts" / "test-all.sh")
+    stub(tmp_path / "scripts" / "bootstrap.sh", "echo ran >> calls; echo bootstrap")
+    (tmp_path / "Makefile").write_text("lint-only:\n\t@echo ran-lint >> calls\n")
+    stub(tmp_path / ".venv" / "bin" / "pytest", f'echo "pytest $*" >> calls; exit {pytest_rc}')
+    stub(
+        tmp_path / "scripts" / "molecule-all.sh",
+        'echo molecule >> calls; printf "e2e\\t12\\tpassed\\nha\\t34\\tFAILED\\n" >> "$MOLECULE_TIMES"; exit 1',
+    )
+    return tmp_path
+
+
+def run(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_PARALLEL", "VENV")}
+    return subprocess.run(
+        [str(root / "scripts" / "test-all.sh")], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_every_stage_runs_and_the_summary_names_each_stage_and_scenario(tmp_path: Path) -> None:
+    root = tree(tmp_path, pytest_rc=0)
+    done = run(root)
+    assert done.returncode == 1, done.stdout + done.stderr  # the stub molecule-all failed
+    assert (root / "calls").read_text().splitlines() == [
+        "ran",
+        "ran-lint",
+        "pytest -n 2 --dist loadfile tests",
+        "molecule",
+    ]
+    summary = done.stdout.split("---- time per stage ----", 1)[1]
+    lines = [line.split() for line in summary.strip().splitlines()]
+    assert [line[1] for line in lines] == ["setup", "lint", "pytest", "molecule", "molecule", "molecule", "total"]
+    assert lines[3][-3:] == ["FAILED", "(exit", "1)"]
+    assert lines[4][1:] == ["molecule", "e2e", "12", "s", "passed"]
+    assert lines[5][1:3] == ["molecule", "ha"] and lines[5][-1] == "FAILED"
+
+
+def test_a_failed_stage_stops_the_suite_with_its_exit_status_and_still_prints_the_summary(tmp_path: Path) -> None:
+    root = tree(tmp_path, pytest_rc=3)
+    done = run(root)
+    assert done.returncode == 3
+    assert "molecule" not in (root / "calls").read_text()
+    summary = done.stdout.split("---- time per stage ----", 1)[1]
+    assert "pytest" in summary and "FAILED (exit 3)" in summary and "total" in summary
+    assert "molecule" not in summary
+
+
+def test_the_two_linter_groups_run_side_by_side(tmp_path: Path) -> None:
+    """Each stub linter waits for the other to have started: they pass only if make runs them at once."""
+    root = tree(tmp_path, pytest_rc=0)
+    meet = "touch {me}; for i in $$(seq 100); do [ -e {other} ] && exit 0; sleep 0.1; done; exit 1"
+    (root / "Makefile").write_text(
+        "lint-only: lint-python lint-ansible\n"
+        f"lint-python:\n\t@{meet.format(me='py', other='ans')}\n"
+        f"lint-ansible:\n\t@{meet.format(me='ans', other='py')}\n"
+    )
+    done = run(root)
+    summary = done.stdout.split("---- time per stage ----", 1)[1]
+    (lint,) = [line.split() for line in summary.strip().splitlines() if line.split()[1] == "lint"]
+    assert lint[-1] == "passed", done.stdout + done.stderr
+
+
+def test_the_makefile_lint_only_is_the_two_groups() -> None:
+    done = subprocess.run(
+        ["make", "-n", "--no-print-directory", "lint-only"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "ruff check" in done.stdout and "ansible-lint --profile production" in done.stdout
+    assert "promtool test rules" in done.stdout and "mypy --strict" in done.stdout
