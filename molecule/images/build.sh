@@ -42,6 +42,12 @@ for v in "${versions[@]}"; do
   : >"$root/etc/machine-id"
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb
   ln -sf /dev/null "$root/etc/systemd/system/getty.target"
+  # A throwaway test container needs no fsync per unpacked file: dpkg's unsafe-io (what the Debian images on Docker Hub
+  # set) makes each converge's package installs faster on slow disks. PostgreSQL keeps its own fsync.
+  mkdir -p "$root/etc/dpkg/dpkg.cfg.d" "$root/etc/apt/apt.conf.d"
+  echo force-unsafe-io >"$root/etc/dpkg/dpkg.cfg.d/pgops-test-unsafe-io"
+  # No translated package descriptions: `apt-get update` fetches less.
+  echo 'Acquire::Languages "none";' >"$root/etc/apt/apt.conf.d/99pgops-test-no-translations"
   # One image layer; the tar stream is checked for failure on both sides of the pipe (pipefail).
   tar -C "$root" --numeric-owner -c . \
     | podman import \
