@@ -140,6 +140,20 @@ def test_a_candidate_that_is_not_a_replica_is_refused_before_anything_changes() 
     assert leader() == before
 
 
+def changed_tasks(stdout: str) -> dict[str, list[str]]:
+    """Per host, the names of the tasks that reported a change in a playbook's output."""
+    found: dict[str, list[str]] = {}
+    task = ""
+    for line in stdout.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed: ["):
+            host = line.split("[", 1)[1].split("]", 1)[0].split(" -> ", 1)[0]
+            if task not in found.setdefault(host, []):
+                found[host].append(task)
+    return found
+
+
 def _started_at() -> dict[str, str]:
     return {m: psql(host_of(m), "SELECT pg_postmaster_start_time()").strip() for m in MEMBERS}
 
@@ -159,6 +173,12 @@ def test_a_setting_that_needs_a_restart_is_rolled_out_by_site_yml_one_member_at_
     time.sleep(3)
     writer.stop()
     assert result.returncode == 0, playbook_failure(result)
+    changed = changed_tasks(result.stdout)
+    print(f"\nHA rolling restart: tasks that reported a change: {changed}")
+    # One changed setting touches Patroni's configuration and its rollout on the members, and nothing else:
+    # every other task of site.yml (etcd, HAProxy, pgBackRest, the backup engine, the exporters) stays unchanged.
+    assert set(changed) <= set(MEMBERS), changed
+    assert all(t.startswith("patroni : ") for tasks in changed.values() for t in tasks), changed
     after = _started_at()
     new = leader()
     gaps = writer.gaps(began, ended)
