@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from tests.fixtures.instances import ansible_playbook, psql
+from tests.fixtures.instances import ansible_playbook, changed_tasks, psql
 
 from conftest import (
     MEMBERS,
@@ -138,20 +138,6 @@ def test_a_candidate_that_is_not_a_replica_is_refused_before_anything_changes() 
     assert "patroni_switchover_candidate=pgops-ha-nope" in said
     assert "Nothing was changed" in said
     assert leader() == before
-
-
-def changed_tasks(stdout: str) -> dict[str, list[str]]:
-    """Per host, the names of the tasks that reported a change in a playbook's output."""
-    found: dict[str, list[str]] = {}
-    task = ""
-    for line in stdout.splitlines():
-        if line.startswith(("TASK [", "RUNNING HANDLER [")):
-            task = line.split("[", 1)[1].rsplit("]", 1)[0]
-        elif line.startswith("changed: ["):
-            host = line.split("[", 1)[1].split("]", 1)[0].split(" -> ", 1)[0]
-            if task not in found.setdefault(host, []):
-                found[host].append(task)
-    return found
 
 
 def _started_at() -> dict[str, str]:
