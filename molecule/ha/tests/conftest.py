@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ ADDRESS = {
     PROXY: "10.213.53.20",
 }
 PRIMARY_PORT, REPLICA_PORT = 5000, 5001
+PGBOUNCER_PORT = 6432  # PgBouncer on the proxy host, in front of HAProxy's leader port (group_vars/pgops_pgbouncer.yml)
 APP_USER, APP_PASSWORD, APP_DB = "app_owner", "ha-molecule-app-owner-0001", "appdb"
 RESTAPI_USER, RESTAPI_PASSWORD = "patroni", "ha-molecule-restapi-0001"
 # The scenario's throwaway secrets (group_vars): none may show in ps, logs or world-readable files.
@@ -178,6 +180,23 @@ def connect(port: int = PRIMARY_PORT, timeout: int = 3) -> psycopg.Connection[An
     )
 
 
+def connect_pgbouncer(timeout: int = 3) -> psycopg.Connection[Any]:
+    """The application's connection through PgBouncer on the proxy host, which sends each transaction on to HAProxy's
+    leader port: TLS verify-full against the cluster's CA (PgBouncer's certificate is signed by it), SCRAM required."""
+    return psycopg.connect(
+        host=ADDRESS[PROXY],
+        port=PGBOUNCER_PORT,
+        dbname=APP_DB,
+        user=APP_USER,
+        password=APP_PASSWORD,
+        sslmode="verify-full",
+        sslrootcert=str(ca_file()),
+        require_auth="scram-sha-256",
+        connect_timeout=timeout,
+        autocommit=True,
+    )
+
+
 def server_of(conn: psycopg.Connection[Any]) -> tuple[str, bool]:
     """The address of the member a connection landed on, and whether it is in recovery."""
     row = conn.execute("SELECT host(inet_server_addr()), pg_is_in_recovery()").fetchone()
@@ -187,17 +206,18 @@ def server_of(conn: psycopg.Connection[Any]) -> tuple[str, bool]:
 
 @dataclass
 class Writer:
-    """A client that inserts numbered rows through HAProxy without pause, reconnecting after any error, and records
-    every id whose COMMIT was acknowledged, with the time of the acknowledgement."""
+    """A client that inserts numbered rows through HAProxy (or `via` another way in) without pause, reconnecting after
+    any error, and records every id whose COMMIT was acknowledged, with the time of the acknowledgement."""
 
     table: str
+    via: Callable[..., psycopg.Connection[Any]] = connect
     acked: list[tuple[int, float]] = field(default_factory=list)
     errors: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
-        with connect() as conn:
+        with self.via() as conn:
             # A fresh table: ids start at 1 again on a re-run of the verifier.
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(self.table)))
             create = sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
@@ -212,7 +232,7 @@ class Writer:
         while not self._stop.is_set():
             try:
                 if conn is None:
-                    conn = connect(timeout=2)
+                    conn = self.via(timeout=2)
                 conn.execute(insert, (next_id,))
                 self.acked.append((next_id, time.monotonic()))
                 next_id += 1

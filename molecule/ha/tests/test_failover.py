@@ -11,15 +11,19 @@ import time
 from tests.fixtures.instances import ansible_playbook, changed_tasks, psql
 
 from conftest import (
+    ADDRESS,
     MEMBERS,
+    PROXY,
     Writer,
     api,
     cluster,
+    connect_pgbouncer,
     healthy,
     host_of,
     kill,
     leader,
     playbook_failure,
+    server_of,
     start,
     wait_for,
     whole,
@@ -28,6 +32,9 @@ from conftest import (
 testinfra_hosts = [f"podman://{MEMBERS[0]}"]
 FAILOVER_LIMIT_S = 30
 SWITCHOVER_TARGET_S = 5
+# Through PgBouncer the pause can be longer by its login retry (server_login_retry: 1 s in
+# group_vars/pgops_pgbouncer.yml) and its reconnection to HAProxy.
+PGBOUNCER_SWITCHOVER_TARGET_S = 10
 
 
 def _fail_over(table: str) -> tuple[str, str, Writer, float, float]:
@@ -110,24 +117,53 @@ def test_asynchronous_failover_loss_is_recorded() -> None:
     wait_for("a synchronous standby again", lambda: "sync_standby" in _roles(), timeout=60)
 
 
+def test_pgbouncer_on_the_proxy_reaches_the_leader_with_tls_and_scram() -> None:
+    whole(120)
+    lead = leader()
+    assert lead is not None
+    with connect_pgbouncer() as conn:
+        assert conn.pgconn.ssl_in_use
+        address, in_recovery = server_of(conn)
+        row = conn.execute(
+            "SELECT ssl, host(client_addr) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) "
+            "WHERE pid = pg_backend_pid()"
+        ).fetchone()
+    # PgBouncer's own connection went through HAProxy to the leader, with TLS end to end (HAProxy passes it through).
+    assert (address, in_recovery) == (ADDRESS[lead], False)
+    assert row is not None and row[0] is True, row
+    assert row[1] == ADDRESS[PROXY], row
+
+
 def test_switchover_playbook_pauses_writes_briefly() -> None:
     whole(120)
     old = leader()
     writer = Writer("switchover")
+    bouncer = Writer("switchover_pgbouncer", via=connect_pgbouncer)
     writer.start()
+    bouncer.start()
     time.sleep(3)
     began = time.monotonic()
     result = ansible_playbook("switchover.yml")
     ended = time.monotonic()
     time.sleep(3)
     writer.stop()
+    bouncer.stop()
     assert result.returncode == 0, playbook_failure(result)
     new = leader()
     gaps = writer.gaps(began, ended + 3)
-    print(f"\nHA switchover (playbooks/switchover.yml): {old} -> {new}; longest write pause {gaps[0]:.2f} s")
+    pooled = bouncer.gaps(began, ended + 3)
+    print(
+        f"\nHA switchover (playbooks/switchover.yml): {old} -> {new}; longest write pause {gaps[0]:.2f} s through "
+        f"HAProxy, {pooled[0]:.2f} s through PgBouncer ({bouncer.errors} failed attempts there)"
+    )
     assert new is not None and new != old
     assert gaps[0] < SWITCHOVER_TARGET_S
+    assert pooled[0] < PGBOUNCER_SWITCHOVER_TARGET_S
     assert writer.lost() == set()
+    assert bouncer.lost() == set()
+    # PgBouncer follows the leader: its writes after the switchover landed on the new one.
+    with connect_pgbouncer() as conn:
+        assert server_of(conn) == (ADDRESS[new], False)
 
 
 def test_a_candidate_that_is_not_a_replica_is_refused_before_anything_changes() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import psycopg
 import pytest
 import testinfra
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from tests.fixtures.instances import ansible_playbook, psql  # the project root is on sys.path (pyproject's pythonpath)
 
 SCENARIO = Path(__file__).resolve().parent.parent
@@ -21,6 +24,7 @@ PORT = 6432
 PASSWORDS: dict[str, str] = yaml.safe_load((SCENARIO / "group_vars" / "all.yml").read_text())["pool_passwords"]
 CA_PATH = "/etc/pgbouncer/tls/ca.crt"
 CONF_DIR = "/etc/pgbouncer"
+EXPORTER_PORT = 9127
 
 
 def host_of(name: str = DB) -> Any:
@@ -85,6 +89,13 @@ def show(conn: psycopg.Connection[Any], command: str) -> list[dict[str, str]]:
 def console(ca: str, command: str) -> list[dict[str, str]]:
     with console_connection(ca) as conn:
         return show(conn, command)
+
+
+def exporter_samples() -> list[Sample]:
+    """Every sample of the PgBouncer exporter's /metrics (roles/postgres_exporter, port 9127 on every address)."""
+    with urllib.request.urlopen(f"http://{ADDRESS}:{EXPORTER_PORT}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
 def main_pid() -> int:

@@ -25,6 +25,7 @@ from conftest import (
     connect,
     console,
     console_connection,
+    exporter_samples,
     fingerprint,
     host_of,
     main_pid,
@@ -94,7 +95,8 @@ def test_tls_and_scram_from_the_client_to_the_server(ca_file: str) -> None:
         assert clients and all(c["tls"].startswith("TLSv1.") for c in clients), clients
     assert sql("SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'app'") == "t"
     # The server logged PgBouncer's connection as TLS.
-    log = host_of().file("/var/log/postgresql/postgresql-15-main.log").content_string
+    version = sql("SHOW server_version_num")[:-4]
+    log = host_of().file(f"/var/log/postgresql/postgresql-{version}-main.log").content_string
     authorized = r"connection authorized: user=app database=appdb .*SSL enabled \(protocol=TLSv1\.[23]"
     assert re.search(authorized, log), log[-2000:]
 
@@ -144,11 +146,34 @@ class Sampler(threading.Thread):
                 servers = [s for s in show(conn, "SHOW SERVERS") if s["database"] == "appdb"]
                 sv = sum(int(p[k]) for p in pools for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
                 cl = sum(int(p["cl_active"]) + int(p["cl_waiting"]) for p in pools if p["user"] == "app")
-                self.samples.append({"sv": sv, "servers": len(servers), "cl": cl})
+                waiting = sum(int(p["cl_waiting"]) for p in pools if p["user"] == "app")
+                self.samples.append({"sv": sv, "servers": len(servers), "cl": cl, "waiting": waiting})
                 time.sleep(0.05)
 
     def most(self, key: str) -> int:
         return max(s[key] for s in self.samples)
+
+
+class ExporterSampler(threading.Thread):
+    """Reads the PgBouncer exporter's /metrics every 100 ms until stopped: appdb's waiting clients as Prometheus would
+    see them (pgbouncer_pools_client_waiting_connections, the input of the PgBouncerClientsWaiting alert)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.waiting, self.up, self.stopping = list[float](), list[float](), threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            samples = exporter_samples()
+            self.up.extend(s.value for s in samples if s.name == "pgbouncer_up")
+            self.waiting.append(
+                sum(
+                    s.value
+                    for s in samples
+                    if s.name == "pgbouncer_pools_client_waiting_connections" and s.labels.get("database") == "appdb"
+                )
+            )
+            time.sleep(0.1)
 
 
 def run_clients(ca: str, n: int) -> tuple[list[int], list[str], float, float]:
@@ -197,14 +222,17 @@ def test_500_clients_share_at_most_20_server_connections(ca_file: str) -> None:
     """500 clients connected at once, each running one transaction through appdb (transaction mode, pool_size 20):
     every client succeeds, the server sees at most 20 backends, and PgBouncer's console never shows more than 20 server
     connections for appdb (all its pools, the auth user's too)."""
-    sampler = Sampler(ca_file)
+    sampler, exported = Sampler(ca_file), ExporterSampler()
     sampler.start()
+    exported.start()
     try:
         pids, errors, logged_in, served = run_clients(ca_file, CLIENTS)
         time.sleep(0.3)
     finally:
         sampler.stopping.set()
+        exported.stopping.set()
         sampler.join(timeout=10)
+        exported.join(timeout=10)
     assert not errors, errors[:5]
     assert len(pids) == CLIENTS and -1 not in pids
     backends = Counter(pids)
@@ -212,11 +240,16 @@ def test_500_clients_share_at_most_20_server_connections(ca_file: str) -> None:
         f"{CLIENTS} clients: all logged in after {logged_in:.1f} s, all served after {served:.1f} s; "
         f"{len(backends)} distinct server backends; console max sv_active+sv_idle+sv_used+sv_tested+sv_login "
         f"{sampler.most('sv')}, max SHOW SERVERS rows {sampler.most('servers')}, max clients {sampler.most('cl')} "
-        f"({len(sampler.samples)} samples)"
+        f"({len(sampler.samples)} samples); most clients waiting: console {sampler.most('waiting')}, exporter "
+        f"{max(exported.waiting, default=0):.0f} ({len(exported.waiting)} scrapes)"
     )
     assert len(backends) <= POOL_SIZE, backends
     assert sampler.most("sv") <= POOL_SIZE and sampler.most("servers") <= POOL_SIZE, sampler.samples
     assert sampler.most("cl") >= CLIENTS  # the console saw all 500 clients at once: they really were concurrent
+    # 500 transactions on 20 server connections: clients queued, and the exporter reported it as Prometheus scrapes it.
+    assert sampler.most("waiting") > 0
+    assert exported.up and set(exported.up) == {1.0}, exported.up
+    assert max(exported.waiting) > 0, exported.waiting
 
 
 def test_a_password_change_takes_effect_without_touching_pgbouncer(ca_file: str) -> None:
