@@ -6,6 +6,9 @@ sight."""
 from __future__ import annotations
 
 import json
+import urllib.parse
+import urllib.request
+from typing import Any
 
 import pytest
 from tests.fixtures.instances import psql, run_as_postgres
@@ -22,6 +25,7 @@ from conftest import (
     host_of,
     leader,
     server_of,
+    wait_for,
     whole,
 )
 
@@ -113,6 +117,35 @@ def test_one_pgbackrest_stanza_for_the_cluster_with_a_full_backup_taken_by_the_l
         assert psql(host, "SHOW archive_mode").strip() == "on"
     # `pgbackrest check` on the leader switches a WAL segment and sees it arrive in the repository.
     run_as_postgres(host_of(first), ["pgbackrest", f"--stanza={STANZA}", "check"])
+
+
+def _prometheus(path: str, **params: str) -> Any:
+    """Prometheus's HTTP API on the proxy host (roles/prometheus, group pgops_prometheus)."""
+    url = f"http://{ADDRESS[PROXY]}:9090/api/v1/{path}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = json.loads(resp.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def test_prometheus_scrapes_patroni_on_every_member_and_sees_one_leader() -> None:
+    """roles/prometheus's patroni job, on by default: each member's REST API over HTTPS, checked with its CA."""
+    whole(120)
+
+    def scraped() -> list[dict[str, Any]] | None:
+        up = _prometheus("query", query='up{job="patroni"}')["result"]
+        return up if len(up) == len(MEMBERS) and all(r["value"][1] == "1" for r in up) else None
+
+    up = wait_for("Prometheus scraping Patroni on every member", scraped, timeout=90, every=3)
+    assert sorted(r["metric"]["instance"] for r in up) == sorted(MEMBERS)
+    assert {r["metric"]["scope"] for r in up} == {"pgops-ha"}  # so PatroniNoLeader's up{} half is per cluster
+    primaries = _prometheus("query", query="sum by (scope) (patroni_primary)")["result"]
+    assert [(r["metric"]["scope"], r["value"][1]) for r in primaries] == [("pgops-ha", "1")], primaries
+    lead = _prometheus("query", query="patroni_primary == 1")["result"]
+    assert [r["metric"]["instance"] for r in lead] == [leader()]
+    firing = [a["labels"]["alertname"] for a in _prometheus("alerts")["alerts"] if a["state"] == "firing"]
+    print(f"\nPrometheus: patroni up on {len(up)} members, leader {lead[0]['metric']['instance']}; firing: {firing}")
+    assert "PatroniNoLeader" not in firing
 
 
 def test_plain_connections_are_refused() -> None:
