@@ -2,8 +2,8 @@
 
 Bytes are buffered into a part. When a part is full it is handed to ONE background thread, and the next
 part fills while it uploads; before a further part is handed over, the previous upload must have
-finished. Memory is therefore about two parts. A stream that ends before its first part is full is sent
-with a single PutObject instead.
+finished. Memory is therefore about two parts: the buffer itself is handed over, never copied. A stream
+that ends before its first part is full is sent with a single PutObject instead.
 
 Part sizes follow `part_size_for`: S3_PART_SIZE for parts 1-1000, doubling every 1000 parts, capped at
 5 GiB. With the default 8 MiB the 10,000 parts hold ~7.8 TiB, more than S3's 5 TiB object limit, so
@@ -28,7 +28,7 @@ import hashlib
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pgops.errors import ObjectExists, StorageError
 from pgops.storage.base import ObjectInfo, WriteOptions
@@ -66,7 +66,7 @@ def part_size_for(part_number: int, base: int) -> int:
     return min(base << ((part_number - 1) // DOUBLE_EVERY), MAX_PART_SIZE)
 
 
-def _md5(data: bytes) -> bytes:
+def _md5(data: bytes | bytearray) -> bytes:
     return hashlib.md5(data, usedforsecurity=False).digest()
 
 
@@ -151,14 +151,17 @@ class S3Writer:
             while len(self._buf) >= part_size_for(len(self._md5s) + 1, self._cfg.part_size):
                 self._wait_inflight()  # first, so that at most two parts are in memory
                 size = part_size_for(len(self._md5s) + 1, self._cfg.part_size)
-                part = bytes(self._buf[:size])
-                del self._buf[:size]
+                # The full buffer itself becomes the part, with no copy of it: only the tail past the part's end
+                # (less than one write) is copied into the next buffer, and the part is cut there in place.
+                part = self._buf
+                self._buf = part[size:]
+                del part[size:]
                 self._submit(part)
         except BaseException:
             self.abort()
             raise
 
-    def _submit(self, part: bytes) -> None:
+    def _submit(self, part: bytearray) -> None:
         self._wait_inflight()
         if len(self._md5s) >= MAX_PARTS:
             raise StorageError(f"{self._cfg.ctx.target(self.key)}: the stream exceeds {MAX_PARTS} parts")
@@ -187,7 +190,7 @@ class S3Writer:
     def _extra(self) -> dict[str, Any]:
         return dict(self._cfg.extra_args)
 
-    def _upload_part(self, number: int, body: bytes, md5: bytes) -> None:
+    def _upload_part(self, number: int, body: bytearray, md5: bytes) -> None:
         """Runs in the background thread; retried by our policy (botocore sends each request once)."""
         upload_id = self._upload_id
         assert upload_id is not None
@@ -198,7 +201,7 @@ class S3Writer:
                 Key=self._full_key,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=body,
+                Body=cast("bytes", body),  # botocore takes a bytearray as a blob (its stubs say bytes): no copy
                 ContentMD5=base64.b64encode(md5).decode(),
                 ContentLength=len(body),
             )
@@ -221,10 +224,10 @@ class S3Writer:
         self._check_open()
         try:
             if self._upload_id is None and self._inflight is None:
-                self._put_single(bytes(self._buf))
+                self._put_single(self._buf)
             else:
                 if self._buf:
-                    part, self._buf = bytes(self._buf), bytearray()
+                    part, self._buf = self._buf, bytearray()
                     self._submit(part)
                 self._wait_inflight()
                 self._complete()
@@ -236,14 +239,14 @@ class S3Writer:
         self._shutdown_pool()
         return info
 
-    def _put_single(self, data: bytes) -> None:
+    def _put_single(self, data: bytearray) -> None:
         if not self._cfg.conditional_writes:
             self.ensure_absent()
         md5 = _md5(data)
         kwargs: dict[str, Any] = {
             "Bucket": self._bucket,
             "Key": self._full_key,
-            "Body": data,
+            "Body": cast("bytes", data),  # a bytearray, as in _upload_part
             "ContentMD5": base64.b64encode(md5).decode(),
             "ContentType": self._content_type,
             **self._extra(),
