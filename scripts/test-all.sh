@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The body of `make test` (= .ci/run): lint, pytest on both cores, then every Molecule scenario, each stage timed.
+# The body of `make test` (= .ci/run): lint, pytest on both cores (the Molecule images build beside it), then every
+# Molecule scenario, each stage timed.
 # It stops at the first failed stage, as make would, and always ends with a table of each stage's time and result,
 # and each Molecule scenario's (scripts/molecule-all.sh writes them), so that a slow suite shows where its time went.
 # Env: PYTEST_PARALLEL (pytest's parallel flags, from the Makefile), VENV (default .venv).
@@ -35,6 +36,17 @@ stage() {  # stage NAME COMMAND...: run it, record its time, stop the suite if i
 stage setup ./scripts/bootstrap.sh
 # The two linter groups side by side, each one's output kept together.
 stage lint make --no-print-directory -j2 --output-sync=target lint-only
+# The Molecule images (debootstrap: mostly the mirror and dpkg, a few minutes on a fresh machine) build while pytest
+# runs; the molecule stage waits for them first. scripts/molecule-all.sh then finds them up to date.
+molecule/images/build.sh >"$times/images.log" 2>&1 &
+images_pid=$!
+images() {  # the background build's result; its output when it failed
+  local rc=0
+  wait "$images_pid" || rc=$?
+  ((rc == 0)) || cat "$times/images.log" >&2
+  return "$rc"
+}
 # shellcheck disable=SC2086  # PYTEST_PARALLEL holds several flags
 stage pytest "$bin/pytest" ${PYTEST_PARALLEL:--n 2 --dist loadfile} tests
+stage "images (built during pytest)" images
 stage molecule ./scripts/molecule-all.sh

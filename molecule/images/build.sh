@@ -26,6 +26,10 @@ for v in "${versions[@]}"; do
   suite=${suites[$v]:-}
   [ -n "$suite" ] || { echo "build.sh: unknown Debian version '$v' (valid: ${!suites[*]})" >&2; exit 2; }
   image=localhost/pgops-debian:$v
+  # One build of an image at a time: scripts/test-all.sh builds in the background while pytest's compose tests may
+  # ask for :12. A second caller waits here, then finds the image up to date.
+  exec 9>"${TMPDIR:-/tmp}/pgops-image-$v.lock"
+  flock 9
   recipe=$( { cat "$0"; echo "$suite $include $mirror"; } | sha256sum | cut -c1-16)
   current=$(podman image inspect --format '{{ index .Config.Labels "pgops.recipe" }}' "$image" 2>/dev/null || true)
   if [ "$current" = "$recipe" ] && [ "${FORCE:-0}" != 1 ]; then

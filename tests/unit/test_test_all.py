@@ -18,13 +18,22 @@ def stub(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-def tree(tmp_path: Path, pytest_rc: int) -> Path:
+def tree(tmp_path: Path, pytest_rc: int, images_rc: int = 0) -> Path:
     shutil.copy(ROOT / "scripts" / "test-all.sh", tmp_path / "test-all.sh")
     (tmp_path / "scripts").mkdir()
     shutil.move(tmp_path / "test-all.sh", tmp_path / "scripts" / "test-all.sh")
     stub(tmp_path / "scripts" / "bootstrap.sh", "echo ran >> calls; echo bootstrap")
     (tmp_path / "Makefile").write_text("lint-only:\n\t@echo ran-lint >> calls\n")
-    stub(tmp_path / ".venv" / "bin" / "pytest", f'echo "pytest $*" >> calls; exit {pytest_rc}')
+    # The image build starts before pytest and ends after it: it waits for pytest to have started.
+    stub(
+        tmp_path / "molecule" / "images" / "build.sh",
+        "for i in $(seq 100); do [ -e pytest-started ] && break; sleep 0.1; done; "
+        f"echo images-built >> images; echo image build output; exit {images_rc}",
+    )
+    stub(
+        tmp_path / ".venv" / "bin" / "pytest",
+        f'touch pytest-started; echo "pytest $*" >> calls; sleep 0.3; exit {pytest_rc}',
+    )
     stub(
         tmp_path / "scripts" / "molecule-all.sh",
         'echo molecule >> calls; printf "e2e\\t12\\tpassed\\nha\\t34\\tFAILED\\n" >> "$MOLECULE_TIMES"; exit 1',
@@ -51,10 +60,13 @@ def test_every_stage_runs_and_the_summary_names_each_stage_and_scenario(tmp_path
     ]
     summary = done.stdout.split("---- time per stage ----", 1)[1]
     lines = [line.split() for line in summary.strip().splitlines()]
-    assert [line[1] for line in lines] == ["setup", "lint", "pytest", "molecule", "molecule", "molecule", "total"]
-    assert lines[3][-3:] == ["FAILED", "(exit", "1)"]
-    assert lines[4][1:] == ["molecule", "e2e", "12", "s", "passed"]
-    assert lines[5][1:3] == ["molecule", "ha"] and lines[5][-1] == "FAILED"
+    names = [line[1] for line in lines]
+    assert names == ["setup", "lint", "pytest", "images", "molecule", "molecule", "molecule", "total"]
+    assert lines[3][-1] == "passed"  # the images, built while pytest ran
+    assert (root / "images").read_text() == "images-built\n"
+    assert lines[4][-3:] == ["FAILED", "(exit", "1)"]
+    assert lines[5][1:] == ["molecule", "e2e", "12", "s", "passed"]
+    assert lines[6][1:3] == ["molecule", "ha"] and lines[6][-1] == "FAILED"
 
 
 def test_a_failed_stage_stops_the_suite_with_its_exit_status_and_still_prints_the_summary(tmp_path: Path) -> None:
@@ -65,6 +77,16 @@ def test_a_failed_stage_stops_the_suite_with_its_exit_status_and_still_prints_th
     summary = done.stdout.split("---- time per stage ----", 1)[1]
     assert "pytest" in summary and "FAILED (exit 3)" in summary and "total" in summary
     assert "molecule" not in summary
+
+
+def test_a_failed_image_build_stops_the_suite_before_molecule_with_its_output(tmp_path: Path) -> None:
+    root = tree(tmp_path, pytest_rc=0, images_rc=4)
+    done = run(root)
+    assert done.returncode == 4
+    assert "molecule" not in (root / "calls").read_text()
+    assert "image build output" in done.stderr
+    summary = done.stdout.split("---- time per stage ----", 1)[1]
+    assert "images (built during pytest)" in summary and "FAILED (exit 4)" in summary
 
 
 def test_the_two_linter_groups_run_side_by_side(tmp_path: Path) -> None:
