@@ -116,7 +116,7 @@ def test_no_secret_in_ps_logs_or_journal(name: str) -> None:
 
 def test_no_secret_in_the_check_mode_converge_output() -> None:
     text = ephemeral("check-mode-run.txt").read_text()
-    assert "pgops-pitr-db12" in text
+    assert "pgops-pitr-db13" in text  # side_effect.yml's check-mode run is limited to db13
     for secret in SECRETS:
         assert secret not in text
 
