@@ -165,36 +165,29 @@ def healthy(members: tuple[str, ...] = MEMBERS) -> bool:
     )
 
 
-def connect(port: int = PRIMARY_PORT, timeout: int = 3) -> psycopg.Connection[Any]:
-    """The application's connection through HAProxy: TLS checked against the cluster's CA, SCRAM."""
+def connect(
+    port: int = PRIMARY_PORT, timeout: int = 3, sslmode: str = "verify-ca", require_auth: str | None = None
+) -> psycopg.Connection[Any]:
+    """The application's connection through HAProxy: TLS checked against the cluster's CA, SCRAM. require_auth=None
+    leaves libpq's default (psycopg drops a None setting)."""
     return psycopg.connect(
         host=ADDRESS[PROXY],
         port=port,
         dbname=APP_DB,
         user=APP_USER,
         password=APP_PASSWORD,
-        sslmode="verify-ca",
         sslrootcert=str(ca_file()),
         connect_timeout=timeout,
         autocommit=True,
+        sslmode=sslmode,
+        require_auth=require_auth,
     )
 
 
 def connect_pgbouncer(timeout: int = 3) -> psycopg.Connection[Any]:
     """The application's connection through PgBouncer on the proxy host, which sends each transaction on to HAProxy's
     leader port: TLS verify-full against the cluster's CA (PgBouncer's certificate is signed by it), SCRAM required."""
-    return psycopg.connect(
-        host=ADDRESS[PROXY],
-        port=PGBOUNCER_PORT,
-        dbname=APP_DB,
-        user=APP_USER,
-        password=APP_PASSWORD,
-        sslmode="verify-full",
-        sslrootcert=str(ca_file()),
-        require_auth="scram-sha-256",
-        connect_timeout=timeout,
-        autocommit=True,
-    )
+    return connect(PGBOUNCER_PORT, timeout, sslmode="verify-full", require_auth="scram-sha-256")
 
 
 def server_of(conn: psycopg.Connection[Any]) -> tuple[str, bool]:
