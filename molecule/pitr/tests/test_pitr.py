@@ -13,7 +13,7 @@ import subprocess
 import time
 
 import pytest
-from tests.fixtures.instances import ansible_playbook, psql
+from tests.fixtures.instances import psql
 
 from conftest import CONFIG, DB12, DB13, SECRETS, STANZA, ephemeral, host_of, info
 
@@ -121,7 +121,7 @@ def test_no_secret_in_the_check_mode_converge_output() -> None:
         assert secret not in text
 
 
-def test_a_second_cluster_under_the_same_stanza_is_refused_and_the_repository_is_unchanged() -> None:
+def test_a_second_cluster_under_the_same_stanza_is_refused_before_its_server_archives_there() -> None:
     """db13 (PostgreSQL 17) converged with db12's stanza and S3 repository, as a copy-pasted inventory would."""
     db12 = host_of(DB12)
     before = info(db12, DB12)
@@ -156,24 +156,23 @@ def test_a_second_cluster_under_the_same_stanza_is_refused_and_the_repository_is
     assert "Nothing was changed in the repository" in output
     for secret in SECRETS:
         assert secret not in output
-    # db13's server now archives with db12's stanza (the server role ran before the refusal): pgBackRest's
-    # archive-push must refuse its segments, whose system identifier is not the stanza's.
+    # Refused before roles/postgresql ran (site.yml's pre_tasks): db13 still archives into its own stanza, and the
+    # scratch configuration the check used is gone.
+    assert "TASK [postgresql : " not in run.stdout
     db13 = host_of(DB13)
-    psql(db13, "SELECT pg_stat_reset_shared('archiver')")
+    assert psql(db13, "SHOW archive_command").strip() == f"pgbackrest --stanza={DB13} archive-push %p"
+    assert not db13.file("/etc/pgbackrest/preflight.conf").exists
+    failed = int(psql(db13, "SELECT failed_count FROM pg_stat_archiver").strip())
+    archived = int(psql(db13, "SELECT archived_count FROM pg_stat_archiver").strip())
     psql(db13, "CREATE TABLE IF NOT EXISTS pitr_intruder (t timestamptz); INSERT INTO pitr_intruder VALUES (now())")
     psql(db13, "SELECT pg_switch_wal()")
     deadline = time.monotonic() + 60
-    while int(psql(db13, "SELECT failed_count FROM pg_stat_archiver").strip()) == 0:
-        assert time.monotonic() < deadline, "db13's archive-push into db12's stanza did not fail"
+    while int(psql(db13, "SELECT archived_count FROM pg_stat_archiver").strip()) == archived:
+        assert time.monotonic() < deadline, "db13 stopped archiving into its own stanza"
         time.sleep(1)
-    assert psql(db13, "SELECT archived_count FROM pg_stat_archiver").strip() == "0"
+    assert int(psql(db13, "SELECT failed_count FROM pg_stat_archiver").strip()) == failed
     after = info(db12, DB12)
     assert after["status"]["code"] == 0
     assert after["db"] == before["db"]
     assert [b["label"] for b in after["backup"]] == [b["label"] for b in before["backup"]]
     assert [a["database"] for a in after["archive"]] == [a["database"] for a in before["archive"]]
-    # Put db13 back on its own stanza (its inventory), as the operator would after the refusal: the PITR drill
-    # (test_pitr_drill.py) drills db13's stanza while db13 archives into it.
-    back = ansible_playbook(os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml"), "--limit", DB13)
-    assert back.returncode == 0, back.stdout[-3000:] + back.stderr[-2000:]
-    assert psql(db13, "SHOW archive_command").strip() == f"pgbackrest --stanza={DB13} archive-push %p"
