@@ -62,9 +62,10 @@ class BackupReport:
             )
 
 
-def skipped_here(settings: Settings) -> bool:
-    """PGOPS_BACKUP_FROM=primary and the server is in recovery: log event=backup_skipped and return True; the
-    caller then does nothing (no lock, no store). A server that cannot be asked is no reason to skip: the run
+def skipped_here(settings: Settings, command: str = "backup") -> bool:
+    """PGOPS_BACKUP_FROM=primary and the server is in recovery: log event=<command>_skipped and return True; the
+    caller then does nothing (no lock, no store). `command` is backup, retention or verify: the jobs of one target
+    that every member of a cluster schedules alike. A server that cannot be asked is no reason to skip: the run
     goes on and fails with its own error, exit code and metrics."""
     if settings.backup_from != "primary":
         return False
@@ -77,9 +78,10 @@ def skipped_here(settings: Settings) -> bool:
         return False
     if recovering:
         log.info(
-            "event=backup_skipped reason=in_recovery target=%s backup_from=primary hint=%s",
+            "event=%s_skipped reason=in_recovery target=%s backup_from=primary hint=%s",
+            command,
             q(settings.target),
-            q("a standby; the primary's run backs up"),
+            q(f"a standby; the primary's {command} run does it"),
         )
     return recovering
 

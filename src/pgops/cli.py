@@ -475,15 +475,23 @@ def _failed(command: str, e: PgOpsError) -> int:
     return int(e.exit_code)
 
 
+# The jobs of one target that every member of a cluster schedules alike; with PGOPS_BACKUP_FROM=primary only the
+# primary's run does them. A replica cannot restore-test (its server is read-only), and retention or verify there
+# would repeat the primary's work on the same store, at the same minute.
+PRIMARY_ONLY_COMMANDS = frozenset({"backup", "retention", "verify"})
+
+
 def _skipped(settings: Settings, ns: argparse.Namespace) -> bool:
-    """A backup that is not this host's (PGOPS_BACKUP_FROM=primary on a replica). Asked before the heartbeat's
+    """A run that is not this host's (PGOPS_BACKUP_FROM=primary on a replica). Asked before the heartbeat's
     start ping: a skip pings nothing, so it is neither a success nor a failure of the check (the leader's run
-    pings it), and it leaves every per-database metric as it was; only pgops_backup_skipped_replica says so."""
+    pings it), and it leaves every per-database metric as it was; for a backup only pgops_backup_skipped_replica
+    says so."""
     from pgops.backup import skipped_here
 
-    if ns.command != "backup" or not skipped_here(settings):
+    if ns.command not in PRIMARY_ONLY_COMMANDS or not skipped_here(settings, ns.command):
         return False
-    metrics.set_backup_skipped_replica(settings, True)
+    if ns.command == "backup":
+        metrics.set_backup_skipped_replica(settings, True)
     return True
 
 

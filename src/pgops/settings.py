@@ -283,11 +283,14 @@ SPECS: tuple[Spec, ...] = (
         "BACKUP_FROM",
         _choice("any", "primary"),
         "any",
-        "Which server `pgops backup` may back up. any: the one PG_CONNINFO reaches, a standby too. primary: "
-        "on a server in recovery (a standby, a Patroni replica) it logs `event=backup_skipped "
-        "reason=in_recovery` and exits 0, with no lock, no store access and no heartbeat ping, and sets "
-        "`pgops_backup_skipped_replica` to 1. For the same schedule on every member of a Patroni cluster (with "
-        "one TARGET for all): only the leader backs up, and after a failover the new leader's run takes over.",
+        "Which server runs the target's jobs: `pgops backup`, `pgops retention` and `pgops verify` (with "
+        "`--restore-test` too). any: the one PG_CONNINFO reaches, a standby too. primary: on a server in recovery "
+        "(a standby, a Patroni replica) each logs `event=<command>_skipped reason=in_recovery` (`backup_skipped`, "
+        "`retention_skipped`, `verify_skipped`) and exits 0, with no lock, no store access and no heartbeat "
+        "ping; a skipped backup sets `pgops_backup_skipped_replica` to 1. For the same schedule on every member "
+        "of a Patroni cluster (with one TARGET for all): only the leader backs up, prunes and verifies (a "
+        "replica's read-only server could not restore-test), and after a failover the new leader's runs take "
+        "over.",
         "primary",
     ),
     # --- how to connect -------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 With `primary` the standby's run skips (one log line, exit 0, no lock, nothing stored, no heartbeat, only
 pgops_backup_skipped_replica says so) and the primary's run backs up; with `any` the standby backs up too.
+Retention and verify (the restore test too) are the target's jobs as well: with `primary` a standby's run of
+them skips the same way, so that the members of a cluster never prune or restore-test the same store at once.
 """
 
 from __future__ import annotations
@@ -115,6 +117,43 @@ def test_any_backs_up_from_the_standby(pair: tuple[Cluster, Cluster], tmp_path: 
         assert _metrics(tmp_path)[SKIPPED] == 0.0
     dumps = [k for k in _stored(tmp_path) if k.startswith(f"testhost/{DB}/") and "/dump." in k]
     assert len(dumps) == 2, _stored(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "argv", [["retention"], ["verify"], ["verify", "--restore-test"]], ids=["retention", "verify", "restore-test"]
+)
+def test_retention_and_verify_skip_on_the_standby_and_run_on_the_primary(
+    pair: tuple[Cluster, Cluster], tmp_path: Path, heartbeat_server: tuple[str, list[str]], argv: list[str]
+) -> None:
+    """A stored backup that retention would prune: the standby's run must leave it, and everything else, as
+    it was (its server is read-only, so a restore test there could only fail); the primary's run does the job."""
+    primary, standby = pair
+    url, pings = heartbeat_server
+    for _ in range(2):  # two backups of today: KEEP_LAST=1 and no daily rule prunes the older one
+        run_pgops(["backup"], _env(primary, tmp_path, "seed", BACKUP_FROM="primary"), check=True)
+    stored, before = _stored(tmp_path), _metrics(tmp_path)
+    prune = {"KEEP_LAST": "1", "KEEP_DAILY": "0", "KEEP_WEEKLY": "0", "KEEP_MONTHLY": "0", "KEEP_YEARLY": "0"}
+    env = {"BACKUP_FROM": "primary", "HEARTBEAT_URL": url, **prune}
+
+    skip = run_pgops(argv, _env(standby, tmp_path, "standby", **env))
+    assert skip.returncode == 0, skip.stderr
+    lines = [line for line in skip.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"event={argv[0]}_skipped reason=in_recovery" in lines[0] and "target=testhost" in lines[0]
+    assert _stored(tmp_path) == stored, "a skip deletes and writes nothing"
+    assert not (tmp_path / "lock-standby").exists(), "a skip takes no lock"
+    assert pings == [], "a skip is neither a success nor a failure of the heartbeat check"
+    assert _metrics(tmp_path) == before, "a skip touches no gauge"
+
+    ran = run_pgops(argv, _env(primary, tmp_path, "primary", **env))
+    assert ran.returncode == 0, ran.stderr
+    assert f"event={argv[0]}_skipped" not in ran.stderr
+    assert (tmp_path / "lock-primary").exists() or argv[0] == "verify", "retention locks the target"
+    assert pings == ["/ping/check-uuid-secret/start", "/ping/check-uuid-secret"]
+    if argv == ["retention"]:
+        assert len(_stored(tmp_path)) < len(stored), "the primary's retention pruned the older backup"
+    else:
+        assert _metrics(tmp_path) != before, "the primary's verify recorded its result"
 
 
 def test_an_unreachable_server_is_not_skipped_but_fails(
