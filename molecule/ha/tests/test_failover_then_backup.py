@@ -24,8 +24,8 @@ RUNNER = Path(__file__).resolve().parents[2] / "e2e/files/run-cron-job.sh"
 
 def _run_on_every_member(cron_file: str, job: str, log_file: str, skipped: str, lead: str) -> str:
     """Run one cron job on all three members at once, as cron fires them; the leader's log has no skip, the others
-    log `event=<skipped> reason=in_recovery`. Only what this run appended counts: cron itself fires the same jobs on
-    their schedules (a run that crosses 02:00 finds the nightly backup's lines). Returns the leader's new lines."""
+    log `event=<skipped> reason=in_recovery`. Only what this run appended counts: the logs hold the earlier tests'
+    runs (and a schedule that fired by itself would add its own). Returns the leader's new lines."""
     sizes = {m: int(host_of(m).run(f"stat -c %s {log_file} 2>/dev/null || echo 0").stdout.strip()) for m in MEMBERS}
     procs = {}
     for m in MEMBERS:
@@ -69,6 +69,23 @@ def test_the_scheduled_backup_runs_once_on_the_leader_and_status_is_green() -> N
     assert len(listing["owners"]["pgops-ha"]) == 1
     status = host_of(lead).run(f"runuser -u postgres -- {PGOPS} status --env-file {ENV}")
     assert status.rc == 0, status.stdout + status.stderr
+
+
+def test_the_scheduled_retention_and_restore_test_run_once_on_the_leader() -> None:
+    """The target's other jobs skip on the replicas too (PGOPS_BACKUP_FROM=primary): retention prunes the cluster's
+    store once, and the monthly restore test restores into the leader's server; a replica's read-only server would
+    fail it, every month."""
+    whole(120)
+    lead = leader()
+    assert lead is not None
+    log = "/var/log/pgops/retention.log"
+    led = _run_on_every_member("/etc/cron.d/pgops", "retention", log, "retention_skipped", lead)
+    assert len(re.findall(r"event=retention_done target=pgops-ha dry_run=false", led)) == 1, led[-2000:]
+    log = "/var/log/pgops/restore-test.log"
+    led = _run_on_every_member("/etc/cron.d/pgops", "restore_test", log, "verify_skipped", lead)
+    restored = re.findall(r"event=verify_ok id=\S+ database=(\S+) mode=restore", led)
+    print(f"\nHA scheduled retention and restore test: {lead} ran both (restored {restored}); the replicas skipped")
+    assert "appdb" in restored, led[-2000:]
 
 
 def _stanza_info(member: str) -> dict[str, Any]:
