@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--check",
         action="store_true",
-        help="before switching it in, check every table of the backup exists with row counts near its estimates",
+        help="before switching it in, check every table of the backup exists with no fewer rows than its estimates",
     )
     r.add_argument("--identity-file", dest="PGOPS_AGE_IDENTITY_FILE", help="age private key for encrypted backups")
     r.add_argument("--no-owner", action="store_true", help="do not restore object ownership")
