@@ -39,7 +39,8 @@ def _run_on_every_member(cron_file: str, job: str, log_file: str, skipped: str, 
         )
     for m, p in procs.items():
         out, _ = p.communicate(timeout=600)
-        assert p.returncode == 0, f"{m}: {out}"
+        # The job's own output goes to its log (the cron line redirects it): show what this run appended.
+        assert p.returncode == 0, f"{m}: {out}" + host_of(m).run(f"tail -c +{sizes[m] + 1} {log_file}").stdout[-3000:]
     led = ""
     for m in MEMBERS:
         log = host_of(m).run(f"tail -c +{sizes[m] + 1} {log_file}").stdout
