@@ -54,7 +54,7 @@ from pgops.pg import (
     tool_version,
 )
 from pgops.pipeline import EXTENSIONS, StreamResult, compressor, pump, read_chunks
-from pgops.proc import running
+from pgops.proc import running, widen_pipe
 from pgops.settings import Settings
 from pgops.storage.base import Storage, WriteOptions
 
@@ -152,6 +152,7 @@ def _stream_dump(
     try:
         with running(argv, env=ctx.conn.child_env(), stdout=subprocess.PIPE) as child:
             assert child.proc.stdout is not None
+            widen_pipe(child.proc.stdout)
             result = pump(
                 read_chunks(child.proc.stdout),
                 [compressor(s.compression, s.effective_compression_level, s.compression_threads)],

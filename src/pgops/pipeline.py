@@ -6,10 +6,13 @@ writer buffers (at most two parts for S3).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import queue
+import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pgops.crypto import decrypt_stream, encrypt_stream
@@ -206,26 +209,101 @@ def read_chunks(stream: Readable, chunk: int = CHUNK) -> Iterator[bytes]:
 
 
 class _Source:
-    """Meters the source side: sha256, size, the first and last bytes, and progress."""
+    """Meters the source side: sha256, size, and the first and last bytes."""
 
-    def __init__(self, progress: Callable[[int], None] | None) -> None:
+    def __init__(self) -> None:
         self.meter = Meter()
         self.head = b""
         self.tail = b""
-        self.progress = progress
 
     def see(self, data: bytes) -> bytes:
         if len(self.head) < 16:
             self.head += data[: 16 - len(self.head)]
         self.tail = (self.tail + data[-64:])[-64:]
         self.meter.update(data)
-        if self.progress is not None:
-            self.progress(self.meter.size)
         return data
 
     def result(self, out: Meter) -> StreamResult:
         m = self.meter
         return StreamResult(m.size, m.sha256, out.size, out.sha256, self.head, self.tail)
+
+
+READ_AHEAD = 4  # chunks read and hashed ahead of the consumer: at most 4 MiB more memory
+
+
+class _End:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+class _ReadAhead:
+    """Reads and meters the source in a thread of its own, up to READ_AHEAD chunks ahead of the consumer.
+
+    Reading the source (pg_dump's pipe, a stored object) and its sha256 then run beside compression, the
+    output's sha256 and the writes, instead of taking turns with them in one thread: hashlib, zstd and
+    file and pipe I/O release the GIL on large buffers. The producer (pg_dump) waits less on a full pipe.
+    Errors of the source reach the consumer as themselves; progress is reported from the consumer's thread.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], source: _Source) -> None:
+        self._chunks, self._source = chunks, source
+        self._q: queue.Queue[bytes | _End | _Failed] = queue.Queue(maxsize=READ_AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pgops-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: bytes | _End | _Failed) -> bool:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._q.put(item, timeout=0.1)
+                return True
+        return False
+
+    def _run(self) -> None:
+        try:
+            for chunk in self._chunks:
+                self._source.see(chunk)
+                if not self._put(chunk):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it as itself
+            self._put(_Failed(e))
+            return
+        self._put(_End())
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item = self._q.get()
+            if isinstance(item, _End):
+                self._thread.join()
+                return
+            if isinstance(item, _Failed):
+                self._thread.join()
+                raise item.error
+            yield item
+
+    def close(self) -> None:
+        """Stop reading ahead (the consumer failed). The thread ends at its next chunk; the caller owns the
+        source and closes it (or kills its producer), which also ends a read that is still waiting."""
+        self._stop.set()
+
+
+def _read_ahead(
+    chunks: Iterator[bytes], source: _Source, progress: Callable[[int], None] | None
+) -> Generator[bytes, None, None]:
+    reader = _ReadAhead(chunks, source)
+    done = 0
+    try:
+        for chunk in reader:
+            done += len(chunk)
+            if progress is not None:
+                progress(done)
+            yield chunk
+    finally:
+        reader.close()
 
 
 class _Push:
@@ -291,25 +369,31 @@ def pump(
     encrypt: Recipients | None = None,
 ) -> StreamResult:
     """source chunks → stages → [age encryption] → sink, metering both ends."""
-    source = _Source(progress)
-    metered = (source.see(c) for c in chunks)
-    if encrypt is None:
-        push = _Push(stages, sink)
-        for data in metered:
-            push.feed(data)
-        push.finish()
-        return source.result(push.out)
-    out = _Push([], sink)
-    encrypt_stream(_Pull(metered, stages), out.feed, encrypt)
-    return source.result(out.out)
+    source = _Source()
+    metered = _read_ahead(chunks, source, progress)
+    try:
+        if encrypt is None:
+            push = _Push(stages, sink)
+            for data in metered:
+                push.feed(data)
+            push.finish()
+            return source.result(push.out)
+        out = _Push([], sink)
+        encrypt_stream(_Pull(metered, stages), out.feed, encrypt)
+        return source.result(out.out)
+    finally:
+        metered.close()
 
 
 class _MeteredReader:
-    def __init__(self, reader: Readable, source: _Source) -> None:
-        self.reader, self.source = reader, source
+    def __init__(self, reader: Readable, source: _Source, progress: Callable[[int], None] | None) -> None:
+        self.reader, self.source, self.progress = reader, source, progress
 
     def read(self, size: int = -1) -> bytes:
-        return self.source.see(self.reader.read(size))
+        data = self.source.see(self.reader.read(size))
+        if self.progress is not None:
+            self.progress(self.source.meter.size)
+        return data
 
 
 def pump_decrypt(
@@ -323,8 +407,8 @@ def pump_decrypt(
     recipients: list[str],
 ) -> StreamResult:
     """stored age stream → decryption → stages → sink, metering the stored bytes and the output."""
-    source = _Source(progress)
+    source = _Source()
     push = _Push(stages, sink)
-    decrypt_stream(_MeteredReader(reader, source), push.feed, identities, what=what, recipients=recipients)
+    decrypt_stream(_MeteredReader(reader, source, progress), push.feed, identities, what=what, recipients=recipients)
     push.finish()
     return source.result(push.out)

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from pgops.errors import IntegrityError
 from pgops.pg import split_guc_list
-from pgops.pipeline import compressor, decompressor, pump
+from pgops.pipeline import READ_AHEAD, compressor, decompressor, pump
+from pgops.proc import PIPE_SIZE, widen_pipe
 
 
 @pytest.mark.parametrize("algorithm", ["zstd", "gzip", "none"])
@@ -139,3 +146,85 @@ def test_two_zstd_workers_stay_within_a_small_memory_budget(level: int) -> None:
     )
     grown_mib = int(out.stdout) / 1024
     assert grown_mib < 24, f"zstd level {level} with 2 workers grew the peak RSS by {grown_mib:.0f} MiB"
+
+
+def _read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "pgops-read-ahead"]
+
+
+def _wait_until(cond: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def test_the_source_is_read_and_hashed_ahead_while_the_sink_is_busy_but_only_a_bounded_amount() -> None:
+    """pg_dump must not wait while pgops compresses and writes: its pipe is read ahead in a thread of its own,
+    at most READ_AHEAD chunks (4 MiB) ahead of the sink, so memory stays bounded."""
+    produced: list[int] = []
+    release = threading.Event()
+
+    def source() -> Iterator[bytes]:
+        for i in range(20):
+            produced.append(i)
+            yield bytes([i]) * 1000
+
+    def sink(data: bytes) -> None:
+        release.wait(10)
+
+    result: list[Any] = []
+    consumer = threading.Thread(target=lambda: result.append(pump(source(), [], sink)))
+    consumer.start()
+    # the sink holds its first chunk; the reader keeps going until the queue is full, then waits
+    assert _wait_until(lambda: len(produced) >= READ_AHEAD + 1), produced
+    time.sleep(0.2)
+    assert len(produced) <= READ_AHEAD + 2, f"read {len(produced)} chunks ahead of a sink that took one"
+    release.set()
+    consumer.join(10)
+    assert result[0].raw_size == 20_000
+    assert result[0].raw_sha256 == hashlib.sha256(b"".join(bytes([i]) * 1000 for i in range(20))).hexdigest()
+
+
+def test_a_failing_source_raises_its_own_error_and_a_failing_sink_stops_the_reader() -> None:
+    class SourceBroke(Exception):
+        pass
+
+    def failing_source() -> Iterator[bytes]:
+        yield b"a" * 1000
+        raise SourceBroke("storage read failed")
+
+    with pytest.raises(SourceBroke, match="storage read failed"):
+        pump(failing_source(), [compressor("zstd", 1, 1)], lambda b: None)
+
+    endless_reads = 0
+
+    def endless() -> Iterator[bytes]:
+        nonlocal endless_reads
+        while True:
+            endless_reads += 1
+            yield b"b" * 1000
+
+    def sink(data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        pump(endless(), [], sink)
+    # the reader stops at its next chunk instead of draining an endless source in the background
+    assert _wait_until(lambda: not _read_ahead_threads()), _read_ahead_threads()
+    reads = endless_reads
+    time.sleep(0.2)
+    assert endless_reads == reads
+
+
+def test_the_child_pipe_is_widened_so_pg_dump_can_run_ahead() -> None:
+    child = subprocess.Popen(["sleep", "5"], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        widen_pipe(child.stdout)
+        assert fcntl.fcntl(child.stdout.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_SIZE
+    finally:
+        child.kill()
+        child.wait()
