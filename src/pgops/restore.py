@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pgops.archive import NotIndexable, index_spool
 from pgops.catalog import Catalog
 from pgops.dump import RunContext, backup_database, backup_globals
 from pgops.errors import ConfigError, IntegrityError, PostgresError, RestoreRefused, StorageError
@@ -216,10 +217,24 @@ def _restore_parallel(
                     f"{os.strerror(e.errno)}; {obj.raw_size} bytes needed"
                 ) from None
             raise
+        _index_spool(spool, m)
         with running([*argv, f"--jobs={jobs}", "--format=custom", str(spool)], env=env) as child:
             child.check(f"pg_restore --jobs={jobs} of backup {m.id}")
     finally:
         spool.unlink(missing_ok=True)
+
+
+def _index_spool(spool: Path, m: Manifest) -> None:
+    """Write the data offsets into the verified spool's TOC, so pg_restore's workers seek to each table's
+    data instead of reading through the archive for it. Anything unexpected leaves the spool as it was:
+    pg_restore reads such an archive just as well, only slower."""
+    t0 = time.monotonic()
+    try:
+        entries = index_spool(spool)
+    except NotIndexable as e:
+        log.warning("event=spool_not_indexed id=%s reason=%s", m.id, q(str(e)))
+        return
+    log.info("event=spool_indexed id=%s entries=%d seconds=%.2f", m.id, entries, time.monotonic() - t0)
 
 
 def run_restore(

@@ -586,7 +586,8 @@ SPECS: tuple[Spec, ...] = (
         "SPOOL_DIR",
         _str,
         "",
-        "Directory for the seekable local copy that restore --jobs N needs.",
+        "Directory for the seekable local copy that restore --jobs N needs: room for the plain dump. pgops writes "
+        "the data offsets into the copy's table of contents, so the workers seek to each table's data.",
         "/var/tmp/pgops",  # noqa: S108 - an example in the docs, not a path we create
     ),
     Spec("LOG_FORMAT", _choice("logfmt", "json"), "logfmt", "Log line format on stderr.", "json"),
