@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import threading
 from pathlib import Path
 
 MAGIC = b"PGDMP"
@@ -57,17 +58,52 @@ class Toc:
 WINDOW = 4 * 1024 * 1024  # read in windows: memory stays flat whatever the archive's size
 
 
-class _Reader:
-    """Reads an archive's integers, strings and bytes at a position, through one window of the file."""
+class Written:
+    """How much of a file its writer has written so far, so that a reader can follow it while it grows."""
 
-    def __init__(self, f: io.BufferedIOBase) -> None:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._size = 0
+        self._done = False
+
+    def wrote(self, n: int) -> None:
+        with self._cond:
+            self._size += n
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        """The writer is done, or gave up: a reader waiting for more gets the end of the file."""
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+
+    def wait_for(self, end: int) -> int:
+        """Block until the file holds `end` bytes or the writer is done; returns the size written by then."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._size >= end or self._done)
+            return self._size
+
+
+class _Reader:
+    """Reads an archive's integers, strings and bytes at a position, through one window of the file. With
+    `follow`, the file is still being written: a read past its end waits for the writer instead of failing."""
+
+    def __init__(self, f: io.BufferedIOBase, follow: Written | None = None) -> None:
         self.f = f
-        self.size = f.seek(0, io.SEEK_END)
+        self.follow = follow
+        self._size = f.seek(0, io.SEEK_END) if follow is None else 0
         self.pos = 0
         self.int_size = 4
         self._base = 0
         self._win = bytearray(WINDOW)
         self._len = 0
+
+    def size(self, end: int) -> int:
+        """The file's size once it holds `end` bytes (or will never hold more)."""
+        return self._size if self.follow is None else self.follow.wait_for(end)
+
+    def more(self) -> bool:
+        return self.size(self.pos + 1) > self.pos
 
     def _fill(self, start: int) -> None:
         self.f.seek(start)
@@ -75,7 +111,7 @@ class _Reader:
         self._len = self.f.readinto(self._win) or 0
 
     def take(self, n: int) -> bytes:
-        if self.pos + n > self.size:
+        if self.pos + n > self.size(self.pos + n):
             raise NotIndexable(f"unexpected end of archive at byte {self.pos}")
         i = self.pos - self._base
         if i < 0 or i + n > self._len:
@@ -90,7 +126,7 @@ class _Reader:
         return bytes(self._win[i : i + n])
 
     def skip(self, n: int) -> None:
-        if self.pos + n > self.size:
+        if self.pos + n > self.size(self.pos + n):
             raise NotIndexable(f"unexpected end of archive in a chunk of {n} bytes at byte {self.pos}")
         self.pos += n
 
@@ -110,18 +146,20 @@ class _Reader:
         """The position of the next `pattern` at or after pos; -1 if there is none."""
         start = self.pos
         while True:
+            self.size(start + len(pattern))
             self._fill(start)
             i = self._win.find(pattern, 0, self._len)
             if i >= 0:
                 return start + i
-            if start + self._len >= self.size:
+            seen = start + self._len
+            if self.size(seen + 1) <= seen:  # the whole file is seen, and no more will come
                 return -1
-            start += self._len - (len(pattern) - 1)
+            start += max(self._len - (len(pattern) - 1), 0)
 
 
 def _read_header(r: _Reader) -> tuple[tuple[int, int], int, bool]:
     """Version, offset size and whether pg_dump compressed the data; sets the reader's integer size."""
-    if r.size < 5 or r.take(5) != MAGIC:
+    if r.size(5) < 5 or r.take(5) != MAGIC:
         raise NotIndexable("not a pg_dump archive")
     vmaj, vmin, _vrev = r.byte(), r.byte(), r.byte()
     if (vmaj, vmin) not in VERSIONS:
@@ -204,7 +242,7 @@ def _find_blocks(r: _Reader, toc: Toc) -> dict[int, int]:
     end_marker = b"\x00" * (1 + toc.int_size)
     r.pos = toc.data_start
     found: dict[int, int] = {}
-    while r.pos < r.size:
+    while r.more():
         start = r.pos
         kind, dump_id = r.byte(), r.integer()
         e = by_id.get(dump_id)
@@ -231,15 +269,54 @@ def _block_header(toc: Toc, dump_id: int) -> tuple[bytes, bytes]:
     return bytes([BLK_DATA]) + ident, bytes([BLK_BLOBS]) + ident
 
 
-def index_spool(path: Path) -> int:
+def find_blocks_following(path: Path, written: Written) -> dict[int, int]:
+    """The data blocks of an archive that is still being written: follows the file as `written` reports its
+    growth, so the walk is done (or has failed) as soon as the writer finishes. Run it in a thread of its own."""
+    with path.open("rb") as f:
+        r = _Reader(f, follow=written)
+        return _find_blocks(r, _read_toc(r))
+
+
+class BlockFinder:
+    """Finds the data blocks of a spool while it is being written, in a thread of its own, so that the walk
+    ends with the download instead of starting after it. The writer reports each write with wrote(n) (the
+    bytes must be in the file by then: unbuffered writes) and calls finish() when it is done or gave up."""
+
+    def __init__(self, path: Path) -> None:
+        self.written = Written()
+        self._result: dict[int, int] | NotIndexable = NotIndexable("the walk did not finish")
+        self._thread = threading.Thread(target=self._run, args=(path,), name="pgops-spool-index", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            self._result = find_blocks_following(path, self.written)
+        except NotIndexable as e:
+            self._result = e
+        except Exception as e:  # noqa: BLE001 - an index is an optimisation: it never fails a restore
+            self._result = NotIndexable(f"{type(e).__name__}: {e}")
+
+    def wrote(self, n: int) -> None:
+        self.written.wrote(n)
+
+    def finish(self) -> dict[int, int] | NotIndexable:
+        """Stop following; the blocks found, or why there are none. Safe to call more than once."""
+        self.written.finish()
+        self._thread.join()
+        return self._result
+
+
+def index_spool(path: Path, blocks: dict[int, int] | None = None) -> int:
     """Write the data offsets into the TOC of a custom-format archive written to a pipe.
 
-    Returns how many entries it set. Raises NotIndexable (the file unchanged) if the archive is not as
+    `blocks` is what find_blocks_following found while the file was written; without it the file is walked
+    now. Returns how many entries it set. Raises NotIndexable (the file unchanged) if the archive is not as
     expected; an archive whose offsets are already set (written with -f) is left as it is (0)."""
     with path.open("r+b") as f:
         r = _Reader(f)
         toc = _read_toc(r)
-        blocks = _find_blocks(r, toc)
+        if blocks is None:
+            blocks = _find_blocks(r, toc)
         patches: list[tuple[int, bytes]] = []
         for e in toc.entries:
             if e.flag == OFFSET_NO_DATA:

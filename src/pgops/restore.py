@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgops.archive import NotIndexable, index_spool
+from pgops.archive import BlockFinder, NotIndexable, index_spool
 from pgops.catalog import Catalog
 from pgops.dump import RunContext, backup_database, backup_globals
 from pgops.errors import ConfigError, IntegrityError, PostgresError, RestoreRefused, StorageError
@@ -205,11 +205,19 @@ def _restore_parallel(
         raise ConfigError(f"spool directory {spool_dir!r} (--spool-dir / PGOPS_SPOOL_DIR) does not exist")
     fd, name = tempfile.mkstemp(prefix=".pgops-spool-", suffix=".pgc", dir=directory)
     spool = Path(name)
+    # While the verified copy is written, a thread walks it for each table's data (pgops.archive), so the
+    # offsets are known when the download ends. Writes are unbuffered, so what it reads is in the file.
+    finder = BlockFinder(spool)
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        finder.wrote(len(data))
+
     try:
         try:
-            # the buffered tail is written when the file closes, so a full disk can surface there too
-            with os.fdopen(fd, "wb") as f:
-                download_verified(storage, m, obj, f.write, progress=progress, identities=identities)
+            download_verified(storage, m, obj, write, progress=progress, identities=identities)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageError(
@@ -217,20 +225,25 @@ def _restore_parallel(
                     f"{os.strerror(e.errno)}; {obj.raw_size} bytes needed"
                 ) from None
             raise
-        _index_spool(spool, m)
+        finally:
+            os.close(fd)
+        _index_spool(spool, m, finder.finish())
         with running([*argv, f"--jobs={jobs}", "--format=custom", str(spool)], env=env) as child:
             child.check(f"pg_restore --jobs={jobs} of backup {m.id}")
     finally:
+        finder.finish()
         spool.unlink(missing_ok=True)
 
 
-def _index_spool(spool: Path, m: Manifest) -> None:
+def _index_spool(spool: Path, m: Manifest, found: dict[int, int] | NotIndexable) -> None:
     """Write the data offsets into the verified spool's TOC, so pg_restore's workers seek to each table's
     data instead of reading through the archive for it. Anything unexpected leaves the spool as it was:
     pg_restore reads such an archive just as well, only slower."""
     t0 = time.monotonic()
     try:
-        entries = index_spool(spool)
+        if isinstance(found, NotIndexable):
+            raise found
+        entries = index_spool(spool, found)
     except NotIndexable as e:
         log.warning("event=spool_not_indexed id=%s reason=%s", m.id, q(str(e)))
         return

@@ -5,14 +5,17 @@ was (pg_restore then scans, as before)."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from pgops.archive import NotIndexable, index_spool, read_toc
+from pgops.archive import BlockFinder, NotIndexable, index_spool, read_toc
 from tests.fixtures.engine import run_pgops
 from tests.fixtures.pg import BINDIR, Cluster, make_tricky_database
 
@@ -105,6 +108,52 @@ def test_a_patched_spool_and_an_unpatched_one_restore_the_same_database_in_paral
             assert pg.dump(name) == source, name
         finally:
             pg.drop_database(name)
+
+
+def test_blocks_are_found_while_the_spool_is_written_in_pieces(archives: dict[str, Path], tmp_path: Path) -> None:
+    """restore --jobs walks the spool while the download writes it: pieces of any size, with pauses, must
+    give exactly the blocks a walk of the finished file gives."""
+    data = archives["piped"].read_bytes()
+    spool = tmp_path / "spool.pgc"
+    spool.touch()
+    finder = BlockFinder(spool)
+    rng = random.Random(15)
+    with spool.open("wb", buffering=0) as f:
+        pos = 0
+        while pos < len(data):
+            piece = data[pos : pos + rng.choice([1, 5, 7, 4096, 65536, 1 << 20])]
+            f.write(piece)
+            finder.wrote(len(piece))
+            pos += len(piece)
+            if rng.random() < 0.05:
+                time.sleep(0.002)
+    found = finder.finish()
+    assert isinstance(found, dict), found
+    expected = {e.dump_id: e.offset for e in read_toc(archives["seekable"]).entries if e.flag != 3}
+    assert found == expected
+    assert index_spool(spool, found) == len(expected)
+    assert (
+        spool.read_bytes()[read_toc(spool).toc_start :]
+        == archives["seekable"].read_bytes()[read_toc(archives["seekable"]).toc_start :]
+    )
+
+
+@pytest.mark.parametrize("stop_at", [0, 3, 20_000, -1000])
+def test_a_writer_that_gives_up_ends_the_walk_without_an_index(
+    archives: dict[str, Path], tmp_path: Path, stop_at: int
+) -> None:
+    """A download that fails half-way (or before its first byte) must not leave the walking thread waiting."""
+    data = archives["piped"].read_bytes()[:stop_at]
+    spool = tmp_path / "spool.pgc"
+    spool.write_bytes(data)
+    finder = BlockFinder(spool)
+    finder.wrote(len(data))
+    done: list[object] = []
+    waiter = threading.Thread(target=lambda: done.append(finder.finish()))
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive(), "the walk still waits for a writer that gave up"
+    assert isinstance(done[0], NotIndexable)
 
 
 def _truncated(data: bytes) -> bytes:
