@@ -306,11 +306,55 @@ def _read_ahead(
         reader.close()
 
 
+class _WriteBehind:
+    """The sink side in a thread of its own: meters (sha256, size) and writes what the stages emit, up to
+    READ_AHEAD pieces behind them. Decompression then runs beside the plain dump's sha256 and the writes of a
+    restore's spool instead of taking turns with them. A sink error reaches the producer at its next piece or
+    at close(), as itself."""
+
+    def __init__(self, sink: Callable[[bytes], object]) -> None:
+        self.sink, self.meter = sink, Meter()
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=READ_AHEAD)
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pgops-write-behind", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._q.get()) is not None:
+            if self._error is not None or self._stop.is_set():
+                continue  # drain, so that a producer blocked on a full queue is released
+            try:
+                self.meter.update(data)
+                self.sink(data)
+            except BaseException as e:  # noqa: BLE001 - handed to the producer, which raises it as itself
+                self._error = e
+
+    def __call__(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put(data)
+
+    def close(self) -> None:
+        """Wait until everything is written; raise the sink's error if it had one."""
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        """The producer failed: drop what is queued and end the thread."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+
+
 class _Push:
     """Pushes bytes through stages into a sink, metering what reaches the sink."""
 
-    def __init__(self, stages: list[Transform], sink: Callable[[bytes], object]) -> None:
-        self.stages, self.sink, self.out = stages, sink, Meter()
+    def __init__(self, stages: list[Transform], sink: Callable[[bytes], object], *, metered: bool = True) -> None:
+        self.stages, self.sink, self.out, self.metered = stages, sink, Meter(), metered
         for i, stage in enumerate(stages):
             attach = getattr(stage, "attach", None)
             if attach is not None:  # a stage that pushes its own output downstream, piece by piece
@@ -322,7 +366,8 @@ class _Push:
                 return
             data = stage.update(data)
         if data:
-            self.out.update(data)
+            if self.metered:
+                self.out.update(data)
             self.sink(data)
 
     def feed(self, data: bytes) -> None:
@@ -367,22 +412,31 @@ def pump(
     progress: Callable[[int], None] | None = None,
     *,
     encrypt: Recipients | None = None,
+    behind: bool = False,
 ) -> StreamResult:
-    """source chunks → stages → [age encryption] → sink, metering both ends."""
+    """source chunks → stages → [age encryption] → sink, metering both ends. With `behind`, the sink side
+    (the output's sha256 and the writes) runs in a thread of its own (for a sink that can be written from
+    another thread, such as a file)."""
     source = _Source()
     metered = _read_ahead(chunks, source, progress)
+    wb = _WriteBehind(sink) if behind else None
     try:
         if encrypt is None:
-            push = _Push(stages, sink)
+            push = _Push(stages, wb or sink, metered=wb is None)
             for data in metered:
                 push.feed(data)
             push.finish()
-            return source.result(push.out)
-        out = _Push([], sink)
-        encrypt_stream(_Pull(metered, stages), out.feed, encrypt)
-        return source.result(out.out)
+        else:
+            push = _Push([], wb or sink, metered=wb is None)
+            encrypt_stream(_Pull(metered, stages), push.feed, encrypt)
+        if wb is not None:
+            wb.close()
+            return source.result(wb.meter)
+        return source.result(push.out)
     finally:
         metered.close()
+        if wb is not None:
+            wb.abandon()
 
 
 class _MeteredReader:
@@ -405,10 +459,22 @@ def pump_decrypt(
     *,
     what: str,
     recipients: list[str],
+    behind: bool = False,
 ) -> StreamResult:
-    """stored age stream → decryption → stages → sink, metering the stored bytes and the output."""
+    """stored age stream → decryption → stages → sink, metering the stored bytes and the output (`behind`:
+    as in pump)."""
     source = _Source()
-    push = _Push(stages, sink)
-    decrypt_stream(_MeteredReader(reader, source, progress), push.feed, identities, what=what, recipients=recipients)
-    push.finish()
-    return source.result(push.out)
+    wb = _WriteBehind(sink) if behind else None
+    try:
+        push = _Push(stages, wb or sink, metered=wb is None)
+        decrypt_stream(
+            _MeteredReader(reader, source, progress), push.feed, identities, what=what, recipients=recipients
+        )
+        push.finish()
+        if wb is not None:
+            wb.close()
+            return source.result(wb.meter)
+        return source.result(push.out)
+    finally:
+        if wb is not None:
+            wb.abandon()

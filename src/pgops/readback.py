@@ -63,8 +63,10 @@ def download_verified(
     *,
     progress: Progress | None = None,
     identities: list[Any] | None = None,
+    behind: bool = False,
 ) -> None:
-    """Stream an object through sha256, decryption and decompression into `sink`.
+    """Stream an object through sha256, decryption and decompression into `sink` (`behind`: the plain dump's
+    sha256 and the sink run in a thread of their own, beside decompression; for a sink such as a file).
 
     IntegrityError if the stored bytes or the plain dump do not match the manifest."""
     stages = [decompressor(m.compression["algorithm"])]
@@ -81,9 +83,10 @@ def download_verified(
                 progress,
                 what=f"{obj.key}",
                 recipients=list(m.encryption.get("recipients", [])),
+                behind=behind,
             )
         else:
-            result = pump(read_chunks(reader), stages, sink, progress)
+            result = pump(read_chunks(reader), stages, sink, progress, behind=behind)
     finally:
         reader.close()
     if result.raw_size != obj.size or result.raw_sha256 != obj.sha256:

@@ -205,8 +205,9 @@ def _restore_parallel(
         raise ConfigError(f"spool directory {spool_dir!r} (--spool-dir / PGOPS_SPOOL_DIR) does not exist")
     fd, name = tempfile.mkstemp(prefix=".pgops-spool-", suffix=".pgc", dir=directory)
     spool = Path(name)
-    # While the verified copy is written, a thread walks it for each table's data (pgops.archive), so the
-    # offsets are known when the download ends. Writes are unbuffered, so what it reads is in the file.
+    # While the verified copy is written (by a thread of its own, beside decompression), another thread walks
+    # it for each table's data (pgops.archive), so the offsets are known when the download ends. Writes are
+    # unbuffered, so what it reads is in the file.
     finder = BlockFinder(spool)
 
     def write(data: bytes) -> None:
@@ -217,7 +218,7 @@ def _restore_parallel(
 
     try:
         try:
-            download_verified(storage, m, obj, write, progress=progress, identities=identities)
+            download_verified(storage, m, obj, write, progress=progress, identities=identities, behind=True)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageError(

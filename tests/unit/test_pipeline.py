@@ -228,3 +228,69 @@ def test_the_child_pipe_is_widened_so_pg_dump_can_run_ahead() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def _write_behind_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "pgops-write-behind"]
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_writing_behind_gives_the_same_bytes_and_checksums_from_a_thread_of_its_own(encrypted: bool) -> None:
+    """restore --jobs decompresses while another thread hashes the plain dump and writes the spool."""
+    import io
+
+    import pyrage
+
+    from pgops.crypto import Recipients
+    from pgops.pipeline import pump_decrypt
+
+    ident = pyrage.x25519.Identity.generate()
+    data = [os.urandom(50_000) + b"p" * 300_000 for _ in range(12)]
+    stored = bytearray()
+    made = pump(
+        iter(data),
+        [compressor("zstd", 3, 2)],
+        stored.extend,
+        encrypt=Recipients((str(ident.to_public()),)) if encrypted else None,
+    )
+    for behind in (False, True):
+        out = bytearray()
+        writers: set[str] = set()
+
+        def sink(piece: bytes, out: bytearray = out, writers: set[str] = writers) -> None:
+            writers.add(threading.current_thread().name)
+            out.extend(piece)
+
+        if encrypted:
+            got = pump_decrypt(
+                io.BytesIO(bytes(stored)), [ident], [decompressor("zstd")], sink, what="t", recipients=[], behind=behind
+            )
+        else:
+            chunks = [bytes(stored[i : i + 65536]) for i in range(0, len(stored), 65536)]
+            got = pump(iter(chunks), [decompressor("zstd")], sink, behind=behind)
+        assert bytes(out) == b"".join(data)
+        assert (got.raw_size, got.raw_sha256, got.size, got.sha256) == (
+            made.size,
+            made.sha256,
+            made.raw_size,
+            made.raw_sha256,
+        )
+        assert writers == ({"pgops-write-behind"} if behind else {threading.current_thread().name})
+    assert _wait_until(lambda: not _write_behind_threads())
+
+
+def test_writing_behind_raises_the_sinks_error_as_itself_and_stops_on_the_producers() -> None:
+    stored = bytearray()
+    pump(iter([os.urandom(30_000) + b"q" * 3_000_000]), [compressor("zstd", 3, 1)], stored.extend)
+
+    def full_disk(_: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        pump(iter([bytes(stored)]), [decompressor("zstd")], full_disk, behind=True)
+    flipped = bytearray(stored)
+    flipped[len(flipped) // 2] ^= 0xFF
+    written: list[int] = []
+    with pytest.raises(IntegrityError):
+        pump(iter([bytes(flipped)]), [decompressor("zstd")], lambda b: written.append(len(b)), behind=True)
+    assert _wait_until(lambda: not _write_behind_threads()), _write_behind_threads()
