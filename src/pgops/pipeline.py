@@ -1,7 +1,8 @@
 """Streaming stages: bytes flow source → compress → (encrypt) → hash/count → sink, in bounded chunks.
 
 Nothing is spooled to disk. Memory is the chunk size plus the compressor's window plus what the storage
-writer buffers (at most two parts for S3).
+writer buffers (at most two parts for S3), plus up to READ_AHEAD chunks queued between the threads: the source
+is read and hashed ahead in a thread of its own, and (for a spool file) the sink side writes behind in another.
 """
 
 from __future__ import annotations
@@ -306,14 +307,30 @@ def _read_ahead(
         reader.close()
 
 
-class _WriteBehind:
-    """The sink side in a thread of its own: meters (sha256, size) and writes what the stages emit, up to
-    READ_AHEAD pieces behind them. Decompression then runs beside the plain dump's sha256 and the writes of a
-    restore's spool instead of taking turns with them. A sink error reaches the producer at its next piece or
-    at close(), as itself."""
+class _WriteThrough:
+    """The sink side, in the caller's thread: meters (sha256, size) and writes what the stages emit."""
 
     def __init__(self, sink: Callable[[bytes], object]) -> None:
         self.sink, self.meter = sink, Meter()
+
+    def __call__(self, data: bytes) -> None:
+        self.meter.update(data)
+        self.sink(data)
+
+    def close(self) -> None:
+        """Everything is written (nothing to wait for here)."""
+
+    def abandon(self) -> None:
+        """The producer failed (nothing to stop here)."""
+
+
+class _WriteBehind(_WriteThrough):
+    """The sink side in a thread of its own, up to READ_AHEAD pieces behind the stages. Decompression then runs
+    beside the plain dump's sha256 and the writes of a restore's spool instead of taking turns with them. A sink
+    error reaches the producer at its next piece or at close(), as itself."""
+
+    def __init__(self, sink: Callable[[bytes], object]) -> None:
+        super().__init__(sink)
         self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=READ_AHEAD)
         self._error: BaseException | None = None
         self._stop = threading.Event()
@@ -325,8 +342,7 @@ class _WriteBehind:
             if self._error is not None or self._stop.is_set():
                 continue  # drain, so that a producer blocked on a full queue is released
             try:
-                self.meter.update(data)
-                self.sink(data)
+                super().__call__(data)
             except BaseException as e:  # noqa: BLE001 - handed to the producer, which raises it as itself
                 self._error = e
 
@@ -350,11 +366,15 @@ class _WriteBehind:
             self._thread.join()
 
 
-class _Push:
-    """Pushes bytes through stages into a sink, metering what reaches the sink."""
+def _output(sink: Callable[[bytes], object], behind: bool) -> _WriteThrough:
+    return _WriteBehind(sink) if behind else _WriteThrough(sink)
 
-    def __init__(self, stages: list[Transform], sink: Callable[[bytes], object], *, metered: bool = True) -> None:
-        self.stages, self.sink, self.out, self.metered = stages, sink, Meter(), metered
+
+class _Push:
+    """Pushes bytes through stages into a sink (only non-empty pieces reach it)."""
+
+    def __init__(self, stages: list[Transform], sink: Callable[[bytes], object]) -> None:
+        self.stages, self.sink = stages, sink
         for i, stage in enumerate(stages):
             attach = getattr(stage, "attach", None)
             if attach is not None:  # a stage that pushes its own output downstream, piece by piece
@@ -366,8 +386,6 @@ class _Push:
                 return
             data = stage.update(data)
         if data:
-            if self.metered:
-                self.out.update(data)
             self.sink(data)
 
     def feed(self, data: bytes) -> None:
@@ -419,24 +437,20 @@ def pump(
     another thread, such as a file)."""
     source = _Source()
     metered = _read_ahead(chunks, source, progress)
-    wb = _WriteBehind(sink) if behind else None
+    out = _output(sink, behind)
     try:
         if encrypt is None:
-            push = _Push(stages, wb or sink, metered=wb is None)
+            push = _Push(stages, out)
             for data in metered:
                 push.feed(data)
             push.finish()
         else:
-            push = _Push([], wb or sink, metered=wb is None)
-            encrypt_stream(_Pull(metered, stages), push.feed, encrypt)
-        if wb is not None:
-            wb.close()
-            return source.result(wb.meter)
-        return source.result(push.out)
+            encrypt_stream(_Pull(metered, stages), _Push([], out).feed, encrypt)
+        out.close()
+        return source.result(out.meter)
     finally:
         metered.close()
-        if wb is not None:
-            wb.abandon()
+        out.abandon()
 
 
 class _MeteredReader:
@@ -464,17 +478,14 @@ def pump_decrypt(
     """stored age stream → decryption → stages → sink, metering the stored bytes and the output (`behind`:
     as in pump)."""
     source = _Source()
-    wb = _WriteBehind(sink) if behind else None
+    out = _output(sink, behind)
     try:
-        push = _Push(stages, wb or sink, metered=wb is None)
+        push = _Push(stages, out)
         decrypt_stream(
             _MeteredReader(reader, source, progress), push.feed, identities, what=what, recipients=recipients
         )
         push.finish()
-        if wb is not None:
-            wb.close()
-            return source.result(wb.meter)
-        return source.result(push.out)
+        out.close()
+        return source.result(out.meter)
     finally:
-        if wb is not None:
-            wb.abandon()
+        out.abandon()

@@ -241,14 +241,15 @@ def _index_spool(spool: Path, m: Manifest, found: dict[int, int] | NotIndexable)
     data instead of reading through the archive for it. Anything unexpected leaves the spool as it was:
     pg_restore reads such an archive just as well, only slower."""
     t0 = time.monotonic()
-    try:
-        if isinstance(found, NotIndexable):
-            raise found
-        entries = index_spool(spool, found)
-    except NotIndexable as e:
-        log.warning("event=spool_not_indexed id=%s reason=%s", m.id, q(str(e)))
-        return
-    log.info("event=spool_indexed id=%s entries=%d seconds=%.2f", m.id, entries, time.monotonic() - t0)
+    if not isinstance(found, NotIndexable):
+        try:
+            entries = index_spool(spool, found)
+        except NotIndexable as e:
+            found = e
+        else:
+            log.info("event=spool_indexed id=%s entries=%d seconds=%.2f", m.id, entries, time.monotonic() - t0)
+            return
+    log.warning("event=spool_not_indexed id=%s reason=%s", m.id, q(str(found)))
 
 
 def run_restore(

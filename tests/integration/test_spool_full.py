@@ -1,5 +1,6 @@
-"""A full spool disk during `restore --jobs N` is a clean exit 3 naming the spool directory, wherever the
-write fails: also when only the spool file's buffered tail is left, which is written when it closes."""
+"""A full spool disk during `restore --jobs N` is a clean exit 3 naming the spool directory, even for a dump
+smaller than one block of the file system, and although the spool is written by a thread of its own (the
+write-behind of pgops.pipeline), whose error must reach the restore as itself."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mnt)], check=True)
 
 
-def test_spool_full_at_close_is_a_clean_storage_error(
+def test_spool_full_on_the_first_write_is_a_clean_storage_error(
     pg: Cluster, engine_env: dict[str, str], full_tmpfs: Path
 ) -> None:
     pg.create_database("tiny_spool")
@@ -45,8 +46,8 @@ def test_spool_full_at_close_is_a_clean_storage_error(
         run_pgops(["backup", "--databases", "tiny_spool", "--no-globals"], engine_env, check=True)
         listed = json.loads(run_pgops(["list", "--json"], engine_env, check=True).stdout)["backups"]
         (dump,) = [o for o in listed[0]["objects"] if o["role"] == "dump"]
-        # The whole dump fits in the file's write buffer: every write() succeeds, and the disk is found
-        # full only when the buffer is flushed as the spool file closes.
+        # The whole dump is smaller than one block: the disk is full from its first byte on. (The spool used to
+        # be buffered, which found this only when the file closed; it is written unbuffered now.)
         assert dump["raw_size"] < os.stat(full_tmpfs).st_blksize, dump
 
         before = pg.databases()
