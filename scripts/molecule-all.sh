@@ -9,6 +9,8 @@
 #        printed whole when it ends, longest scenarios first so that the slots finish close together.
 #        MOLECULE_TIMES=FILE  append a line per step to FILE: name, seconds, result, tab-separated
 #        (scripts/test-all.sh prints them in its summary).
+#        MOLECULE_FAILURES=FILE  append, for each failed scenario, the lines of its output that say why (failed
+#        tests, failed tasks), so that the end of a long log names the cause (scripts/test-all.sh prints it last).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -26,6 +28,9 @@ done
 
 record() {  # record NAME SECONDS RESULT
   [ -z "${MOLECULE_TIMES:-}" ] || printf '%s\t%s\t%s\n' "$@" >>"$MOLECULE_TIMES"
+}
+digest() {  # digest SCENARIO LOG: why it failed, in a few lines
+  [ -z "${MOLECULE_FAILURES:-}" ] || ./scripts/failure-digest.sh "$@" >>"$MOLECULE_FAILURES"
 }
 start=$SECONDS
 molecule/images/build.sh
@@ -49,21 +54,23 @@ jobs=${MOLECULE_JOBS:-1}
 [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { echo "molecule-all: MOLECULE_JOBS=$jobs; valid: a whole number >= 1" >&2; exit 2; }
 
 failed=()
+logs=$(mktemp -d /tmp/molecule-all.XXXXXX)
+trap 'rm -rf "$logs"' EXIT
 if ((jobs == 1)); then
   for s in "${scenarios[@]}"; do
     echo "molecule-all: scenario $s"
     start=$SECONDS
-    if molecule test --scenario-name "$s"; then
+    if molecule test --scenario-name "$s" 2>&1 | tee "$logs/$s.log"; then
       echo "molecule-all: scenario $s passed in $((SECONDS - start)) s"
       record "$s" $((SECONDS - start)) passed
     else
       echo "molecule-all: scenario $s FAILED after $((SECONDS - start)) s" >&2
       record "$s" $((SECONDS - start)) FAILED
+      digest "$s" "$logs/$s.log"
       failed+=("$s")
     fi
   done
 else
-  logs=$(mktemp -d /tmp/molecule-all.XXXXXX)
   declare -A pids=()
   finish_one() {  # wait for any running scenario, print its log and result
     local pid rc=0 s took
@@ -79,6 +86,7 @@ else
     else
       echo "molecule-all: scenario $s FAILED after $took s" >&2
       record "$s" "$took" FAILED
+      digest "$s" "$logs/$s.log"
       failed+=("$s")
     fi
   }
@@ -90,7 +98,6 @@ else
     pids[$!]=$s
   done
   while ((${#pids[@]} > 0)); do finish_one; done
-  rm -rf "$logs"
 fi
 
 if ((${#failed[@]})); then

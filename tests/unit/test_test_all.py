@@ -32,11 +32,14 @@ def tree(tmp_path: Path, pytest_rc: int, images_rc: int = 0) -> Path:
     )
     stub(
         tmp_path / ".venv" / "bin" / "pytest",
-        f'touch pytest-started; echo "pytest $*" >> calls; sleep 0.3; exit {pytest_rc}',
+        f'touch pytest-started; echo "pytest $*" >> calls; sleep 0.3; seq 1 40; echo "FAILED tests/a.py::t"; '
+        f"exit {pytest_rc}",
     )
     stub(
         tmp_path / "scripts" / "molecule-all.sh",
-        'echo molecule >> calls; printf "e2e\\t12\\tpassed\\nha\\t34\\tFAILED\\n" >> "$MOLECULE_TIMES"; exit 1',
+        'echo molecule >> calls; printf "e2e\\t12\\tpassed\\nha\\t34\\tFAILED\\n" >> "$MOLECULE_TIMES"; '
+        'printf "scenario ha:\\n  FAILED tests/test_failover.py::test_x - AssertionError\\n" '
+        '>> "$MOLECULE_FAILURES"; exit 1',
     )
     return tmp_path
 
@@ -58,7 +61,7 @@ def test_every_stage_runs_and_the_summary_names_each_stage_and_scenario(tmp_path
         "pytest -n 2 --dist loadfile tests",
         "molecule",
     ]
-    summary = done.stdout.split("---- time per stage ----", 1)[1]
+    summary, why = done.stdout.split("---- time per stage ----", 1)[1].split("test-all: ---- why it failed ----")
     lines = [line.split() for line in summary.strip().splitlines()]
     names = [line[1] for line in lines]
     assert names == ["setup", "lint", "pytest", "images", "molecule", "molecule", "molecule", "total"]
@@ -67,6 +70,11 @@ def test_every_stage_runs_and_the_summary_names_each_stage_and_scenario(tmp_path
     assert lines[4][-3:] == ["FAILED", "(exit", "1)"]
     assert lines[5][1:] == ["molecule", "e2e", "12", "s", "passed"]
     assert lines[6][1:3] == ["molecule", "ha"] and lines[6][-1] == "FAILED"
+    # The end of the output says why, from scripts/molecule-all.sh's digest of the failed scenario.
+    assert why.strip().splitlines() == [
+        "test-all: scenario ha:",
+        "test-all:   FAILED tests/test_failover.py::test_x - AssertionError",
+    ]
 
 
 def test_a_failed_stage_stops_the_suite_with_its_exit_status_and_still_prints_the_summary(tmp_path: Path) -> None:
@@ -76,7 +84,10 @@ def test_a_failed_stage_stops_the_suite_with_its_exit_status_and_still_prints_th
     assert "molecule" not in (root / "calls").read_text()
     summary = done.stdout.split("---- time per stage ----", 1)[1]
     assert "pytest" in summary and "FAILED (exit 3)" in summary and "total" in summary
-    assert "molecule" not in summary
+    assert "molecule" not in summary.split("test-all: ---- why it failed ----")[0]
+    # The end of the output is the failed stage's last lines.
+    why = done.stdout.split("---- why it failed ----", 1)[1].strip().splitlines()
+    assert len(why) == 15 and why[-1] == "test-all: FAILED tests/a.py::t" and why[0] == "test-all: 27"
 
 
 def test_a_failed_image_build_stops_the_suite_before_molecule_with_its_output(tmp_path: Path) -> None:
@@ -110,3 +121,30 @@ def test_the_makefile_lint_only_is_the_two_groups() -> None:
     )
     assert "ruff check" in done.stdout and "ansible-lint --profile production" in done.stdout
     assert "promtool test rules" in done.stdout and "mypy --strict" in done.stdout
+
+
+def test_the_failure_digest_keeps_failed_tests_and_tasks_and_drops_retries(tmp_path: Path) -> None:
+    log = tmp_path / "ha.log"
+    log.write_text(
+        "CRITICAL 'molecule/default/molecule.yml' glob failed.  Exiting.\n"
+        "TASK [patroni : Wait until the cluster has a leader] ***\n"
+        "FAILED - RETRYING: [pgops-ha-1]: Wait until the cluster has a leader (60 retries left).\n"
+        "ok: [pgops-ha-1]\n"
+        'fatal: [pgops-ha-2]: FAILED! => {"msg": "' + "x" * 400 + '"}\n'
+        "tests/test_failover.py ..F.\n"
+        ">       assert lost == 0\n"
+        "E       assert 2 == 0\n"
+        "FAILED tests/test_failover.py::test_sync - assert 2 == 0\n"
+        "ERROR tests/test_member.py::test_rebuild - TimeoutError\n"
+    )
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "failure-digest.sh"), "ha", str(log)], capture_output=True, text=True, check=True
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0] == "scenario ha:"
+    assert lines[1].startswith('  fatal: [pgops-ha-2]: FAILED! => {"msg": "xxx') and len(lines[1]) == 302
+    assert lines[2:] == [
+        "  E       assert 2 == 0",
+        "  FAILED tests/test_failover.py::test_sync - assert 2 == 0",
+        "  ERROR tests/test_member.py::test_rebuild - TimeoutError",
+    ]
