@@ -16,16 +16,15 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import Any
 
+from pgops import interrupts, metrics
 from pgops import log as pglog
-from pgops import metrics
 from pgops.catalog import GOOD, STATES, Backup, Catalog
 from pgops.cli_args import build_parser
 from pgops.cli_physical import cmd_physical_backup, cmd_physical_restore, cmd_restore_point, refresh_physical_gauges
 from pgops.cluster import identity_of
-from pgops.errors import ConfigError, ExitCode, IntegrityError, Interrupted, MissingIdentity, PgOpsError
+from pgops.errors import ConfigError, ExitCode, IntegrityError, MissingIdentity, PgOpsError
 from pgops.manifest import iso, parse_time
 from pgops.settings import Settings, load_settings
 
@@ -460,10 +459,6 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], ExitCode]] = {
 HEARTBEAT_COMMANDS = frozenset({"backup", "verify", "retention", "physical-backup"})
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signum)
-
-
 def _failed(command: str, e: PgOpsError) -> int:
     log.error(
         "event=failed command=%s exit=%d error_type=%s error=%s",
@@ -530,7 +525,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     pglog.configure()
     old: dict[signal.Signals, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        old[sig] = signal.signal(sig, _on_signal)
+        old[sig] = signal.signal(sig, interrupts.on_signal)
     try:
         try:
             settings = load_settings(_flags(ns), ns.env_file)

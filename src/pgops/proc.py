@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from pgops import interrupts
 from pgops.errors import PostgresError
 
 log = logging.getLogger(__name__)
@@ -35,22 +36,26 @@ class Child:
         self.name = Path(argv[0]).name
         self._tail: collections.deque[bytes] = collections.deque()
         self._tail_len = 0
-        self.proc = subprocess.Popen(
-            list(argv),
-            stdin=stdin,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            env=dict(env),
-            start_new_session=False,
-        )
-        self._drain = threading.Thread(target=self._read_stderr, name=f"{self.name}-stderr", daemon=True)
+        # The child exists before Popen returns its handle: a signal in between would leave it unreaped, so
+        # signals wait until the handle is ours and the stderr drain runs (interrupts.deferred).
         try:
-            self._drain.start()
+            with interrupts.deferred():
+                self.proc = subprocess.Popen(
+                    list(argv),
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=subprocess.PIPE,
+                    env=dict(env),
+                    start_new_session=False,
+                )
+                self._drain = threading.Thread(target=self._read_stderr, name=f"{self.name}-stderr", daemon=True)
+                self._drain.start()
         except BaseException:
-            # A signal (our handlers raise) can land here, after the child exists and before any caller
-            # holds it: stop and reap it now, or it outlives us.
-            self.proc.kill()
-            self.proc.wait()
+            # Interrupted (raised as the block ends), or the drain thread could not start: stop and reap the child
+            # now, or it outlives us.
+            if hasattr(self, "proc"):
+                self.proc.kill()
+                self.proc.wait()
             raise
 
     def _read_stderr(self) -> None:
