@@ -9,12 +9,12 @@ import dataclasses
 import logging
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pgops.errors import ConfigError, PgOpsError, PostgresError
 from pgops.log import q
+from pgops.proc import capture
 
 if TYPE_CHECKING:
     import psycopg
@@ -202,10 +202,10 @@ def find_bindir(settings_bindir: str, server_major: int | None) -> Path:
 
 
 def tool_version(bindir: Path, tool: str) -> str:
-    out = subprocess.run([str(bindir / tool), "--version"], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise PostgresError(f"{bindir / tool} --version failed: {out.stderr.strip()[:200]}")
-    return out.stdout.strip()
+    rc, out, err = capture([str(bindir / tool), "--version"], env=os.environ)
+    if rc != 0:
+        raise PostgresError(f"{bindir / tool} --version failed: {err.strip()[:200]}")
+    return out.strip()
 
 
 # --- database-level properties (pg_restore without --create does not restore them) ----------------

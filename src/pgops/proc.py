@@ -133,6 +133,16 @@ def running(
             child.kill()
 
 
+def capture(argv: Sequence[str], *, env: Mapping[str, str]) -> tuple[int, str, str]:
+    """Run a child to its end through `running` (so a signal never leaves it behind): its exit status, its
+    stdout and the tail of its stderr, as text."""
+    with running(argv, env=env, stdout=subprocess.PIPE) as child:
+        assert child.proc.stdout is not None
+        out = child.proc.stdout.read().decode("utf-8", "replace")
+        rc = child.wait()
+    return rc, out, child.stderr_text
+
+
 _ERROR_LINE = re.compile(r"\b(error|fatal|panic)\b", re.IGNORECASE)
 
 

@@ -34,7 +34,7 @@ from pgops.errors import ConfigError, IntegrityError, MissingIdentity, PgOpsErro
 from pgops.log import q
 from pgops.manifest import KIND_DATABASE, REASON_SAFETY, Manifest, iso, utcnow
 from pgops.pg import PgConn, create_database_sql, drop_scratch, find_bindir, server_info
-from pgops.proc import running
+from pgops.proc import capture, running
 from pgops.readback import (
     PipeSink,
     download_verified,
@@ -150,9 +150,9 @@ def restore_drill(
         if amcheck:
             argv = [str(bindir / "pg_amcheck"), "--install-missing", "--heapallindexed", "--no-password"]
             argv += ["--database", scratch]
-            result = subprocess.run(argv, capture_output=True, text=True, env=conn.libpq_env(), check=False)
-            if result.returncode != 0:
-                lines = (result.stdout + result.stderr).strip().splitlines()
+            rc, out, err = capture(argv, env=conn.libpq_env())
+            if rc != 0:
+                lines = (out + err).strip().splitlines()
                 raise IntegrityError(f"pg_amcheck found problems in the restore of {m.id}: {lines[:1]}")
         return restore_seconds, tables, amcheck
     finally:

@@ -14,7 +14,7 @@ import pytest
 
 from pgops import interrupts
 from pgops.errors import Interrupted
-from pgops.proc import error_summary, running
+from pgops.proc import capture, error_summary, running
 
 
 @pytest.fixture
@@ -140,3 +140,9 @@ def test_other_threads_do_not_defer(handler: None) -> None:
     finally:
         release.set()
         t.join()
+
+
+def test_capture_returns_the_status_the_output_and_the_stderr_tail() -> None:
+    """pg_amcheck and `--version` run through it (and so through `running`, which reaps on a signal)."""
+    rc, out, err = capture(["sh", "-c", "echo out; echo err >&2; exit 3"], env={"PATH": os.environ["PATH"]})
+    assert (rc, out, err) == (3, "out\n", "err")
