@@ -24,9 +24,9 @@ for round in $(seq "$rounds"); do
       if [ "$variant" = old ]; then git show "$old:$f" >"$f"; else cp "$saved/$f" "$f"; fi
     done
     log="$saved/$variant-$round.log"
-    start=$(date +%s.%N)
+    start=$EPOCHREALTIME
     molecule converge -s "$scenario" -- --limit "$limit" >"$log" 2>&1 || { tail -20 "$log" >&2; exit 1; }
-    took=$(echo "$(date +%s.%N) - $start" | bc)
+    took=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN {print b - a}')
     counts=$(grep -E "^ *$limit +:" "$log" | tail -1 | tr -s ' ' | cut -d' ' -f3-4)
     printf '%s\t%s\t%.1f s\t%s\n' "$round" "$variant" "$took" "$counts"
   done
