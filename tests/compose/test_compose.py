@@ -522,7 +522,7 @@ def test_page_prometheus_shows_postgres_and_the_backup(stack: Stack) -> None:
     pg_up == 1 from postgres_exporter and each database's pgops_backup_last_attempt_success == 1 from the
     runner's pgops.prom (through its node_exporter), and it has loaded the repository's alert rules, with the
     PostgreSQL-down alert among them and not firing."""
-    block = page_block("# wait for the first scrape of the runner's metrics")
+    block = page_block("# wait until Prometheus has scraped PostgreSQL and the runner's metrics")
     out = run_block(block, stack.env, stack.ports)
     assert_shown(out, shown_after(block))
     # The same through the host's published port, as a browser or a Grafana would read it.
