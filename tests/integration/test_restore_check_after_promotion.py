@@ -34,11 +34,18 @@ def test_a_table_that_grew_on_a_promoted_standby_passes_the_restore_test_and_the
                 time.sleep(0.2)
             standby.execute("postgres", "SELECT pg_promote()")
             standby.execute(DB, "INSERT INTO t SELECT i FROM generate_series(10001, 20000) i")
-            (reltuples, live), *_ = standby.execute(
-                DB,
-                "SELECT c.reltuples::bigint, s.n_live_tup FROM pg_class c "
-                "JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.relname = 't'",
-            )
+            # The inserting backend reports its counts to the statistics system after it ends (or a second later
+            # at most), not when the INSERT returns: on a busy machine the first read can still see none of them.
+            deadline = time.monotonic() + 30
+            while True:
+                (reltuples, live), *_ = standby.execute(
+                    DB,
+                    "SELECT c.reltuples::bigint, s.n_live_tup FROM pg_class c "
+                    "JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.relname = 't'",
+                )
+                if live != 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             assert (reltuples, live) == (10000, 10000), "the estimates this test is about"
             env = {
                 **base_env(standby, tmp_path),
