@@ -31,9 +31,12 @@ lint-ansible:
 	$(PROMTOOL) test rules monitoring/alerts/tests/*.yml
 	@if [ -d roles ]; then $(BIN)/ansible-lint --profile production; fi
 
-# pytest on both cores: each test module runs whole on one worker (--dist loadfile), so module fixtures (the
-# compose stack, the clusters) are built once; every test takes its own ports and directories.
-PYTEST_PARALLEL ?= -n 2 --dist loadfile
+# pytest on four workers: each test module runs whole on one worker (--dist loadfile), so module fixtures (the
+# compose stack, the clusters) are built once; every test takes its own ports and directories. Four, not two, on
+# 2 cores: the tests spend about 40 % of their time waiting on servers, emulators and containers (826 tests: 521 s
+# with -n 2, 360 s with -n 4). Modules start in collection order (--no-loadscope-reorder), so tests/compose, the
+# longest module (about 170 s), starts first instead of last.
+PYTEST_PARALLEL ?= -n 4 --dist loadfile --no-loadscope-reorder
 # Molecule scenarios two at a time (each has its own containers, network and subnet; see scripts/molecule-all.sh).
 export MOLECULE_JOBS ?= 2
 

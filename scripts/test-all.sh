@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The body of `make test` (= .ci/run): lint, pytest on both cores (the Molecule images build beside it), then every
+# The body of `make test` (= .ci/run): lint, pytest on four workers (the Molecule images build beside it), then every
 # Molecule scenario, each stage timed.
 # It stops at the first failed stage, as make would, and always ends with a table of each stage's time and result,
 # and each Molecule scenario's (scripts/molecule-all.sh writes them), so that a slow suite shows where its time went.
@@ -62,6 +62,6 @@ images() {  # the background build's result; its output when it failed
   return "$rc"
 }
 # shellcheck disable=SC2086  # PYTEST_PARALLEL holds several flags
-stage pytest "$bin/pytest" ${PYTEST_PARALLEL:--n 2 --dist loadfile} tests
+stage pytest "$bin/pytest" ${PYTEST_PARALLEL:--n 4 --dist loadfile --no-loadscope-reorder} tests
 stage "images (built during pytest)" images
 stage molecule ./scripts/molecule-all.sh

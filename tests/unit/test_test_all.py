@@ -58,7 +58,7 @@ def test_every_stage_runs_and_the_summary_names_each_stage_and_scenario(tmp_path
     assert (root / "calls").read_text().splitlines() == [
         "ran",
         "ran-lint",
-        "pytest -n 2 --dist loadfile tests",
+        "pytest -n 4 --dist loadfile --no-loadscope-reorder tests",
         "molecule",
     ]
     summary, why = done.stdout.split("---- time per stage ----", 1)[1].split("test-all: ---- why it failed ----")
