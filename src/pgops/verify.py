@@ -152,8 +152,12 @@ def restore_drill(
             argv += ["--database", scratch]
             rc, out, err = capture(argv, env=conn.libpq_env())
             if rc != 0:
-                lines = (out + err).strip().splitlines()
-                raise IntegrityError(f"pg_amcheck found problems in the restore of {m.id}: {lines[:1]}")
+                # pg_amcheck names the object on one line and the problem on the next (then DETAIL and the query).
+                lines = [line.strip() for line in (out + err).splitlines() if line.strip()]
+                raise IntegrityError(
+                    f"pg_amcheck found problems in the restore of {m.id} (exit {rc}): {' '.join(lines[:2])}"
+                    + (f" ({len(lines) - 2} more lines)" if len(lines) > 2 else "")
+                )
         return restore_seconds, tables, amcheck
     finally:
         drop_scratch(conn, scratch)

@@ -82,6 +82,38 @@ def test_restore_drill_fails_when_rows_disagree_with_manifest(engine: Engine, pg
     assert pg.databases() == before
 
 
+def test_restore_drill_fails_when_pg_amcheck_finds_an_index_that_disagrees_with_its_table(
+    engine: Engine, pg: Cluster
+) -> None:
+    """A real cause of what pg_amcheck reports: an expression index over a function declared IMMUTABLE that is not.
+    The restore rebuilds the index with one set of values; pg_amcheck --heapallindexed recomputes them and finds
+    heap tuples with no matching index entry. The drill fails as an integrity problem, records no restore test, and
+    drops its scratch database."""
+    db = "amcheck_lies"
+    if db not in pg.databases():
+        pg.execute("postgres", f"CREATE DATABASE {db}")
+        pg.execute(
+            db,
+            "CREATE FUNCTION lies(i integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE "
+            "AS $$ BEGIN RETURN i + floor(random() * 1000000000)::integer; END $$",
+        )
+        pg.execute(db, "CREATE TABLE t AS SELECT i FROM generate_series(1, 2000) i")
+        pg.execute(db, "CREATE INDEX t_lies ON t (lies(i))")
+        pg.execute(db, "ANALYZE t")
+    engine.run(["backup", "--databases", db, "--no-globals"], check=True)
+    before = pg.databases()
+    bad = engine.run(["verify", "--restore-test", "--database", db, "--json"])
+    assert bad.returncode == ExitCode.INTEGRITY, bad.stderr
+    assert "event=verify_failed" in bad.stderr and "pg_amcheck found problems in the restore of" in bad.stderr
+    assert "lacks matching index tuple" in bad.stderr, bad.stderr
+    (result,) = json.loads(bad.stdout)["results"]
+    assert (result["database"], result["mode"], result["ok"]) == (db, "restore", False)
+    assert pg.databases() == before
+    status = json.loads(engine.run(["status", "--json"]).stdout)  # exit code aside: other tests' databases
+    row = next(d for d in status["databases"] if d["database"] == db)
+    assert row["last_restore_test_at"] is None
+
+
 def test_status_is_a_nagios_check(engine: Engine, verify_db: str) -> None:
     empty = engine.run(["status"])
     assert empty.returncode == ExitCode.STALE and "no good backup" in empty.stdout
