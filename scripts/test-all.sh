@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The body of `make test` (= .ci/run): lint, pytest on four workers (the Molecule images build beside it), then every
-# Molecule scenario, each stage timed.
+# The body of `make test` (= .ci/run): setup, pytest on four workers with lint and the Molecule image build beside it,
+# then every Molecule scenario, each stage timed.
 # It stops at the first failed stage, as make would, and always ends with a table of each stage's time and result,
 # and each Molecule scenario's (scripts/molecule-all.sh writes them), so that a slow suite shows where its time went.
 # When a stage fails, the very end says why: the failed tests and tasks of each failed Molecule scenario, or the last
@@ -43,25 +43,34 @@ stage() {  # stage NAME COMMAND...: run it, record its time, stop the suite if i
   ((rc == 0)) || exit "$rc"
 }
 
-stage setup ./scripts/bootstrap.sh
-# The two linter groups side by side, each one's output kept together.
-stage lint make --no-print-directory -j2 --output-sync=target lint-only
-# The Molecule images (debootstrap: mostly the mirror and dpkg, a few minutes on a fresh machine) build while pytest
-# runs; the molecule stage waits for them first. scripts/molecule-all.sh then finds them up to date.
-# (Its status goes through a file: each stage runs in a pipeline's subshell, which cannot wait for this shell's jobs.)
-{
-  rc=0
-  molecule/images/build.sh >"$times/images.log" 2>&1 || rc=$?
-  echo "$rc" >"$times/images.rc"
-} &
-images() {  # the background build's result; its output when it failed
+# beside NAME COMMAND...: start COMMAND in the background, its output kept in a file; the stage `joined NAME` waits for
+# it and shows that output when it failed. (The status goes through a file: each stage runs in a pipeline's subshell,
+# which cannot wait for this shell's jobs.)
+beside() {
+  local name=$1
+  shift
+  {
+    rc=0
+    "$@" >"$times/$name.log" 2>&1 || rc=$?
+    echo "$rc" >"$times/$name.rc"
+  } &
+}
+joined() {
   local rc
-  until [ -s "$times/images.rc" ]; do sleep 1; done
-  rc=$(cat "$times/images.rc")
-  ((rc == 0)) || cat "$times/images.log" >&2
+  until [ -s "$times/$1.rc" ]; do sleep 1; done
+  rc=$(cat "$times/$1.rc")
+  ((rc == 0)) || cat "$times/$1.log"
   return "$rc"
 }
+
+stage setup ./scripts/bootstrap.sh
+# Beside pytest, whose workers wait on servers, emulators and containers about a quarter of the time: the two linter
+# groups, each one's output kept together, and the Molecule images (debootstrap: mostly the mirror and dpkg, a few
+# minutes on a fresh machine). scripts/molecule-all.sh then finds the images up to date.
+beside lint make --no-print-directory -j2 --output-sync=target lint-only
+beside images molecule/images/build.sh
 # shellcheck disable=SC2086  # PYTEST_PARALLEL holds several flags
 stage pytest "$bin/pytest" ${PYTEST_PARALLEL:--n 4 --dist loadfile --no-loadscope-reorder} tests
-stage "images (built during pytest)" images
+stage "lint (beside pytest)" joined lint
+stage "images (built during pytest)" joined images
 stage molecule ./scripts/molecule-all.sh

@@ -18,12 +18,16 @@ def stub(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-def tree(tmp_path: Path, pytest_rc: int, images_rc: int = 0) -> Path:
+def tree(tmp_path: Path, pytest_rc: int, images_rc: int = 0, lint_rc: int = 0) -> Path:
     shutil.copy(ROOT / "scripts" / "test-all.sh", tmp_path / "test-all.sh")
     (tmp_path / "scripts").mkdir()
     shutil.move(tmp_path / "test-all.sh", tmp_path / "scripts" / "test-all.sh")
     stub(tmp_path / "scripts" / "bootstrap.sh", "echo ran >> calls; echo bootstrap")
-    (tmp_path / "Makefile").write_text("lint-only:\n\t@echo ran-lint >> calls\n")
+    # Lint, too, runs beside pytest: it waits for pytest to have started.
+    (tmp_path / "Makefile").write_text(
+        "lint-only:\n\t@for i in $$(seq 100); do [ -e pytest-started ] && break; sleep 0.1; done; "
+        f"echo ran-lint >> calls; echo lint output; exit {lint_rc}\n"
+    )
     # The image build starts before pytest and ends after it: it waits for pytest to have started.
     stub(
         tmp_path / "molecule" / "images" / "build.sh",
@@ -55,18 +59,17 @@ def test_every_stage_runs_and_the_summary_names_each_stage_and_scenario(tmp_path
     root = tree(tmp_path, pytest_rc=0)
     done = run(root)
     assert done.returncode == 1, done.stdout + done.stderr  # the stub molecule-all failed
-    assert (root / "calls").read_text().splitlines() == [
-        "ran",
-        "ran-lint",
-        "pytest -n 4 --dist loadfile --no-loadscope-reorder tests",
-        "molecule",
-    ]
+    calls = (root / "calls").read_text().splitlines()
+    assert calls[0] == "ran" and calls[-1] == "molecule"
+    # lint waited for pytest to start, so it ran beside it
+    assert calls[1:3] == ["pytest -n 4 --dist loadfile --no-loadscope-reorder tests", "ran-lint"]
     summary, why = done.stdout.split("---- time per stage ----", 1)[1].split("test-all: ---- why it failed ----")
     lines = [line.split() for line in summary.strip().splitlines()]
     names = [line[1] for line in lines]
-    assert names == ["setup", "lint", "pytest", "images", "molecule", "molecule", "molecule", "total"]
-    assert lines[3][-1] == "passed"  # the images, built while pytest ran
+    assert names == ["setup", "pytest", "lint", "images", "molecule", "molecule", "molecule", "total"]
+    assert lines[2][-1] == "passed" and lines[3][-1] == "passed"  # lint and the images, beside pytest
     assert (root / "images").read_text() == "images-built\n"
+    assert "lint output" not in done.stdout  # shown only when it failed
     assert lines[4][-3:] == ["FAILED", "(exit", "1)"]
     assert lines[5][1:] == ["molecule", "e2e", "12", "s", "passed"]
     assert lines[6][1:3] == ["molecule", "ha"] and lines[6][-1] == "FAILED"
@@ -95,9 +98,20 @@ def test_a_failed_image_build_stops_the_suite_before_molecule_with_its_output(tm
     done = run(root)
     assert done.returncode == 4
     assert "molecule" not in (root / "calls").read_text()
-    assert "image build output" in done.stderr
+    assert "image build output" in done.stdout
     summary = done.stdout.split("---- time per stage ----", 1)[1]
     assert "images (built during pytest)" in summary and "FAILED (exit 4)" in summary
+    assert done.stdout.split("---- why it failed ----", 1)[1].strip().splitlines() == ["test-all: image build output"]
+
+
+def test_a_failed_lint_stops_the_suite_before_molecule_and_ends_with_its_output(tmp_path: Path) -> None:
+    root = tree(tmp_path, pytest_rc=0, lint_rc=2)
+    done = run(root)
+    assert done.returncode == 2
+    assert "molecule" not in (root / "calls").read_text()
+    summary, why = done.stdout.split("---- time per stage ----", 1)[1].split("test-all: ---- why it failed ----")
+    assert "lint (beside pytest)" in summary and "FAILED (exit 2)" in summary
+    assert "test-all: lint output" in why.strip().splitlines()
 
 
 def test_the_two_linter_groups_run_side_by_side(tmp_path: Path) -> None:
