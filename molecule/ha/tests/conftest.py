@@ -145,9 +145,17 @@ def wait_for(what: str, check: Any, timeout: float, every: float = 1.0) -> Any:
 
 
 def whole(timeout: float = 180) -> None:
-    """Wait until the cluster is healthy, first starting any member left killed."""
+    """Wait until the cluster is healthy and HAProxy's leader port reaches the leader, first starting any member left
+    killed. Patroni's view comes first: HAProxy follows it by its own health checks, so right after a leader change
+    (test_etcd's demotion, a failover) the leader port can still close a new connection for a moment."""
     revive()
     wait_for("the cluster healthy", healthy, timeout=timeout, every=2)
+    wait_for("HAProxy's leader port on a writable server", through_the_proxy_to_the_leader, timeout=60, every=1)
+
+
+def through_the_proxy_to_the_leader() -> bool:
+    with connect(timeout=2) as conn:
+        return server_of(conn)[1] is False
 
 
 def healthy(members: tuple[str, ...] = MEMBERS) -> bool:
