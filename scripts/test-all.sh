@@ -64,9 +64,9 @@ joined() {
 }
 
 stage setup ./scripts/bootstrap.sh
-# Beside pytest, whose workers wait on servers, emulators and containers about a quarter of the time: the two linter
-# groups, each one's output kept together, and the Molecule images (debootstrap: mostly the mirror and dpkg, a few
-# minutes on a fresh machine). scripts/molecule-all.sh then finds the images up to date.
+# Beside pytest, whose workers leave the CPU idle about a quarter of the time (they wait on servers, emulators and
+# containers): the two linter groups, each one's output kept together, and the Molecule images (debootstrap: mostly
+# the mirror and dpkg, a few minutes on a fresh machine). scripts/molecule-all.sh then finds the images up to date.
 beside lint make --no-print-directory -j2 --output-sync=target lint-only
 beside images molecule/images/build.sh
 # shellcheck disable=SC2086  # PYTEST_PARALLEL holds several flags

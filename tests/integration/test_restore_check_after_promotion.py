@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tests.fixtures.engine import base_env, run_pgops
 from tests.fixtures.pg import running_cluster
+from tests.fixtures.pgbackrest import wait_for
 from tests.fixtures.pgbackrest_run import standby_of
 
 DB = "promoted"
@@ -34,19 +35,19 @@ def test_a_table_that_grew_on_a_promoted_standby_passes_the_restore_test_and_the
                 time.sleep(0.2)
             standby.execute("postgres", "SELECT pg_promote()")
             standby.execute(DB, "INSERT INTO t SELECT i FROM generate_series(10001, 20000) i")
-            # The inserting backend reports its counts to the statistics system after it ends (or a second later
-            # at most), not when the INSERT returns: on a busy machine the first read can still see none of them.
-            deadline = time.monotonic() + 30
-            while True:
+
+            def estimates() -> tuple[int, int]:
                 (reltuples, live), *_ = standby.execute(
                     DB,
                     "SELECT c.reltuples::bigint, s.n_live_tup FROM pg_class c "
                     "JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.relname = 't'",
                 )
-                if live != 0 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            assert (reltuples, live) == (10000, 10000), "the estimates this test is about"
+                return int(reltuples), int(live)
+
+            # The inserting backend reports its counts to the statistics system after it ends (or a second later
+            # at most), not when the INSERT returns: on a busy machine the first read can still see none of them.
+            wait_for("the INSERT's counts in the statistics", lambda: estimates()[1] != 0, timeout=30)
+            assert estimates() == (10000, 10000), "the estimates this test is about"
             env = {
                 **base_env(standby, tmp_path),
                 "PGOPS_STORAGE_URL": (tmp_path / "store").as_uri(),
