@@ -3,8 +3,8 @@
 # then every Molecule scenario, each stage timed.
 # It stops at the first failed stage, as make would, and always ends with a table of each stage's time and result,
 # and each Molecule scenario's (scripts/molecule-all.sh writes them), so that a slow suite shows where its time went.
-# When a stage fails, the very end says why: the failed tests and tasks of each failed Molecule scenario, or the last
-# lines of any other stage's standard output (a CI log is often read from its tail only).
+# When a stage fails, the very end says why: the failed tests and tasks of each failed Molecule scenario, pytest's
+# failed tests, or the last lines of any other stage's standard output (a CI log is often read from its tail only).
 # Env: PYTEST_PARALLEL (pytest's parallel flags, from the Makefile), VENV (default .venv).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +30,19 @@ summary() {
 }
 trap summary EXIT
 
+# why_of LOG: pytest's short summary, one line per failed test (its message can run over hundreds of lines when CI
+# is set, as pytest then does not shorten it: a long assertion diff once pushed the test's name out of the last 15
+# lines), then the result line; for any other output, its last 15 lines.
+why_of() {
+  if grep -q '^=* short test summary info =*$' "$1"; then
+    awk '/^=* short test summary info =*$/ { on = 1; next } on && /^(FAILED|ERROR) / { print substr($0, 1, 300) }' "$1" |
+      head -n 40
+    tail -n 1 "$1"
+  else
+    tail -n 15 "$1"
+  fi
+}
+
 stage() {  # stage NAME COMMAND...: run it, record its time, stop the suite if it fails
   local name=$1 start=$SECONDS rc=0
   shift
@@ -37,7 +50,7 @@ stage() {  # stage NAME COMMAND...: run it, record its time, stop the suite if i
   "$@" | tee "$times/last.log"
   rc=${PIPESTATUS[0]}
   if ((rc != 0)); then
-    if [ -s "$MOLECULE_FAILURES" ]; then cp "$MOLECULE_FAILURES" "$times/why"; else tail -n 15 "$times/last.log" >"$times/why"; fi
+    if [ -s "$MOLECULE_FAILURES" ]; then cp "$MOLECULE_FAILURES" "$times/why"; else why_of "$times/last.log" >"$times/why"; fi
   fi
   printf '%s\t%s\t%s\n' "$name" $((SECONDS - start)) "$( ((rc == 0)) && echo passed || echo "FAILED (exit $rc)")" >>"$times/stages"
   ((rc == 0)) || exit "$rc"

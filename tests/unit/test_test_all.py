@@ -36,8 +36,15 @@ def tree(tmp_path: Path, pytest_rc: int, images_rc: int = 0, lint_rc: int = 0) -
     )
     stub(
         tmp_path / ".venv" / "bin" / "pytest",
-        f'touch pytest-started; echo "pytest $*" >> calls; sleep 0.3; seq 1 40; echo "FAILED tests/a.py::t"; '
-        f"exit {pytest_rc}",
+        'touch pytest-started; echo "pytest $*" >> calls; sleep 0.3; seq 1 40; '
+        + (
+            # pytest's short summary when CI is set: each failure's whole message, here a long assertion diff
+            "echo '=== short test summary info ==='; echo \"FAILED tests/a.py::t - assert '$(seq -s ' ' 1 200)\"; "
+            "seq 1 30; echo 'FAILED tests/b.py::u - assert 1 == 2'; echo '=== 2 failed, 7 passed in 1.00s ==='; "
+            if pytest_rc
+            else ""
+        )
+        + f"exit {pytest_rc}",
     )
     stub(
         tmp_path / "scripts" / "molecule-all.sh",
@@ -88,9 +95,14 @@ def test_a_failed_stage_stops_the_suite_with_its_exit_status_and_still_prints_th
     summary = done.stdout.split("---- time per stage ----", 1)[1]
     assert "pytest" in summary and "FAILED (exit 3)" in summary and "total" in summary
     assert "molecule" not in summary.split("test-all: ---- why it failed ----")[0]
-    # The end of the output is the failed stage's last lines.
+    # The end of the output names each failed test (its message cut to one line) and pytest's result line, however
+    # long the messages were.
     why = done.stdout.split("---- why it failed ----", 1)[1].strip().splitlines()
-    assert len(why) == 15 and why[-1] == "test-all: FAILED tests/a.py::t" and why[0] == "test-all: 27"
+    assert why == [
+        "test-all: " + ("FAILED tests/a.py::t - assert '" + " ".join(str(i) for i in range(1, 201)))[:300],
+        "test-all: FAILED tests/b.py::u - assert 1 == 2",
+        "test-all: === 2 failed, 7 passed in 1.00s ===",
+    ]
 
 
 def test_a_failed_image_build_stops_the_suite_before_molecule_with_its_output(tmp_path: Path) -> None:
