@@ -34,9 +34,10 @@ def tree(tmp_path: Path, pytest_rc: int, images_rc: int = 0, lint_rc: int = 0) -
         "for i in $(seq 100); do [ -e pytest-started ] && break; sleep 0.1; done; "
         f"echo images-built >> images; echo image build output; exit {images_rc}",
     )
+    # The call is recorded before pytest-started appears, so lint's line cannot come first (a CI run met that).
     stub(
         tmp_path / ".venv" / "bin" / "pytest",
-        'touch pytest-started; echo "pytest $*" >> calls; sleep 0.3; seq 1 40; '
+        'echo "pytest $*" >> calls; touch pytest-started; sleep 0.3; seq 1 40; '
         + (
             # pytest's short summary when CI is set: each failure's whole message, here a long assertion diff
             "echo '=== short test summary info ==='; echo \"FAILED tests/a.py::t - assert '$(seq -s ' ' 1 200)\"; "
