@@ -34,8 +34,9 @@ trap summary EXIT
 # is set, as pytest then does not shorten it: a long assertion diff once pushed the test's name out of the last 15
 # lines), then the result line; for any other output, its last 15 lines.
 why_of() {
-  if grep -q '^=* short test summary info =*$' "$1"; then
-    awk '/^=* short test summary info =*$/ { on = 1; next } on && /^(FAILED|ERROR) / { print substr($0, 1, 300) }' "$1" |
+  local header='^=* short test summary info =*$'
+  if grep -q "$header" "$1"; then
+    awk -v header="$header" '$0 ~ header { on = 1; next } on && /^(FAILED|ERROR) / { print substr($0, 1, 300) }' "$1" |
       head -n 40
     tail -n 1 "$1"
   else
