@@ -47,6 +47,11 @@ def _tree(directory: Path) -> dict[str, tuple[bytes, int, int, int]]:
     return out
 
 
+def _replace_with_symlink(path: Path, target: Path) -> None:
+    path.unlink()
+    path.symlink_to(target)
+
+
 @pytest.fixture
 def wheelhouse(tmp_path: Path) -> tuple[Path, Path, Path]:
     src = tmp_path / "controller"
@@ -87,7 +92,7 @@ def test_an_unchanged_wheelhouse_is_left_alone_and_every_drift_is_put_back(wheel
         "an owner changed": lambda: os.chown(six, 65534, 0),
         "a group changed": lambda: os.chown(six, 0, 65534),
         "a wheel removed": six.unlink,
-        "a directory inside": (dest / "sub").mkdir,
+        "a symlink in place of a file": lambda: _replace_with_symlink(six, src / six.name),
         "the directory gone": lambda: shutil.rmtree(dest),
     }
     for what, drift in drifts.items():
@@ -95,6 +100,11 @@ def test_an_unchanged_wheelhouse_is_left_alone_and_every_drift_is_put_back(wheel
         assert _converge(run, src, dest)["skipped"] is False, what
         assert _tree(dest) == want, what
     assert _converge(run, src, dest) == {"skipped": True, "changed": 0}
+    # A directory is not compared (pip reads only the top level), and is left alone.
+    (dest / "sub").mkdir()
+    assert _converge(run, src, dest) == {"skipped": True, "changed": 0}
+    assert (dest / "sub").is_dir()
+    (dest / "sub").rmdir()
 
     # A wheel rebuilt on the controller (same name, new bytes) reaches the host, and the archive with it (the copy and
     # the unpack change).
